@@ -1,0 +1,250 @@
+"""Dense layer + activation, forward and backward, fused in Triton.
+
+forward:  out = act(x @ weight.T + bias)                       one kernel
+backward: dz = grad_out * act'(saved), recomputed on the fly inside
+          dx = dz @ weight                                      one kernel
+          dw = dz.T @ x, db = sum_rows(dz)                      one kernel
+
+dz is never written to memory. relu, leaky_relu, tanh and sigmoid take their derivative
+from the saved output; gelu from the saved pre-activation, which the forward writes only
+for gelu. The activation is a constexpr, so each one compiles to its own specialised kernel.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from fastgan.kernels import _math
+
+
+@triton.jit
+def _activate(z, ACT: tl.constexpr, negative_slope):
+    # ACT indexes fastgan.ops.codes.ACTIVATIONS: none, relu, leaky_relu, tanh, sigmoid, gelu.
+    if ACT == 1:
+        out = tl.where(z < 0, 0.0, z)  # keeps NaN, as torch.relu
+    elif ACT == 2:
+        out = tl.where(z > 0, z, z * negative_slope)
+    elif ACT == 3:
+        out = _math.tanh(z)
+    elif ACT == 4:
+        out = _math.sigmoid(z)
+    elif ACT == 5:
+        out = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+    else:
+        out = z
+    return out
+
+
+@triton.jit
+def _activation_grad(saved, ACT: tl.constexpr, negative_slope):
+    if ACT == 1:
+        d = tl.where(saved > 0, 1.0, 0.0)
+    elif ACT == 2:
+        d = tl.where(saved > 0, 1.0, negative_slope)
+    elif ACT == 3:
+        d = 1.0 - saved * saved
+    elif ACT == 4:
+        d = saved * (1.0 - saved)
+    else:  # gelu: saved is the pre-activation
+        cdf = 0.5 * (1.0 + tl.erf(saved * 0.7071067811865476))
+        d = cdf + saved * tl.exp(-0.5 * saved * saved) * 0.3989422804014327
+    return d
+
+
+@triton.jit
+def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
+    # Walk GROUP row-tiles at a time so neighbouring programs share operand tiles in L2.
+    width = GROUP * num_cols
+    group = pid // width
+    first_row = group * GROUP
+    rows_in_group = tl.minimum(num_rows - first_row, GROUP)
+    row = first_row + (pid % width) % rows_in_group
+    col = (pid % width) // rows_in_group
+    return row, col
+
+
+@triton.jit
+def dense_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, preact_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk,
+    negative_slope,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PREACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
+                                 GROUP_M)
+    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        a = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :] * stride_xk,
+                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+        b = tl.load(w_ptr + rn[None, :] * stride_wn + k[:, None] * stride_wk,
+                    mask=(rn[None, :] < N) & (k[:, None] < K), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(ACC_DTYPE)[None, :]
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    offsets = rm[:, None] * N + rn[None, :]
+    if SAVE_PREACT:
+        tl.store(preact_ptr + offsets, acc.to(preact_ptr.dtype.element_ty), mask=mask)
+    out = _activate(acc, ACT, negative_slope)
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dz_tile(g_ptr, s_ptr, rows, cols, M, N, stride_gm, stride_gn, negative_slope,
+             ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """dz[rows, cols] = grad_out * act'(saved), with rows indexing M and cols indexing N;
+    rows and cols may come in either orientation, so the tile may be dz or dz.T."""
+    mask = (rows < M) & (cols < N)
+    g = tl.load(g_ptr + rows * stride_gm + cols * stride_gn, mask=mask, other=0.0).to(ACC_DTYPE)
+    if ACT != 0:
+        s = tl.load(s_ptr + rows * N + cols, mask=mask, other=0.0).to(ACC_DTYPE)
+        g = g * _activation_grad(s, ACT, negative_slope)
+    return g
+
+
+@triton.jit
+def dense_dx_kernel(
+    g_ptr, s_ptr, w_ptr, dx_ptr,
+    M, N, K,
+    stride_gm, stride_gn, stride_wn, stride_wk,
+    negative_slope,
+    ACT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K),
+                                 GROUP_M)
+    rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rk = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+    rn = tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC_DTYPE)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + rn
+        dz = _dz_tile(g_ptr, s_ptr, rm[:, None], n[None, :], M, N, stride_gm, stride_gn,
+                      negative_slope, ACT, ACC_DTYPE)
+        w = tl.load(w_ptr + n[:, None] * stride_wn + rk[None, :] * stride_wk,
+                    mask=(n[:, None] < N) & (rk[None, :] < K), other=0.0)
+        acc = tl.dot(dz.to(w.dtype), w, acc, input_precision=INPUT_PRECISION)
+    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rk[None, :] < K))
+
+
+@triton.jit
+def dense_dw_kernel(
+    g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr,
+    M, N, K,
+    stride_gm, stride_gn, stride_xm, stride_xk,
+    negative_slope,
+    ACT: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+):
+    pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K),
+                                 GROUP_N)
+    rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    rk = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+    rm = tl.arange(0, BLOCK_M)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC_DTYPE)
+    db = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
+    for m0 in range(0, M, BLOCK_M):
+        m = m0 + rm
+        dz_t = _dz_tile(g_ptr, s_ptr, m[None, :], rn[:, None], M, N, stride_gm, stride_gn,
+                        negative_slope, ACT, ACC_DTYPE)  # [BLOCK_N, BLOCK_M]
+        if NEED_DW:
+            x = tl.load(x_ptr + m[:, None] * stride_xm + rk[None, :] * stride_xk,
+                        mask=(m[:, None] < M) & (rk[None, :] < K), other=0.0)
+            acc = tl.dot(dz_t.to(x.dtype), x, acc, input_precision=INPUT_PRECISION)
+        if NEED_DB:
+            db += tl.sum(dz_t, axis=1)
+    if NEED_DW:
+        tl.store(dw_ptr + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
+                 mask=(rn[:, None] < N) & (rk[None, :] < K))
+    if NEED_DB:
+        # Every K-tile computes the same column sums; the first one writes them.
+        if pid_k == 0:
+            tl.store(db_ptr + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    # Follow torch's own matmul setting: TF32 for fp32 only when the user allowed it.
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _block(size: int, smallest: int, largest: int) -> int:
+    return max(smallest, min(largest, triton.next_power_of_2(size)))
+
+
+def _tiles(m: int, n: int, k: int):
+    """Tile sizes for an (m x n) output reduced over k. tl.dot needs every side >= 16."""
+    return _block(m, 16, 64), _block(n, 16, 64), _block(k, 16, 32)
+
+
+def _launch_kw(dtype: torch.dtype) -> dict:
+    return {"num_warps": 4, "num_stages": 3 if dtype != torch.float64 else 1}
+
+
+def dense_fwd(x, weight, bias, activation, negative_slope, save_preact):
+    M, K = x.shape
+    N = weight.shape[0]
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    preact = torch.empty((M, N) if save_preact else (0,), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out, preact
+    bm, bn, bk = _tiles(M, N, K)
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    dense_fwd_kernel[grid](
+        x, weight, bias if bias is not None else x, out, preact,
+        M, N, K, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        negative_slope,
+        HAS_BIAS=bias is not None, ACT=activation, SAVE_PREACT=save_preact,
+        ACC_DTYPE=_acc_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, **_launch_kw(x.dtype),
+    )
+    return out, preact
+
+
+def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, need_dw, need_db):
+    M, K = x.shape
+    N = weight.shape[0]
+    empty = x.new_empty((0,))
+    acc, precision = _acc_dtype(x.dtype), _input_precision(x.dtype)
+    dx = torch.empty((M, K), device=x.device, dtype=x.dtype) if need_dx else empty
+    dw = torch.empty((N, K), device=x.device, dtype=weight.dtype) if need_dw else empty
+    db = torch.empty((N,), device=x.device, dtype=x.dtype) if need_db else empty
+    if M == 0:  # nothing flows back; the weight and bias gradients are zero
+        return dx, dw.zero_(), db.zero_()
+    if need_dx and dx.numel():
+        bm, bn, bk = _tiles(M, K, N)
+        dense_dx_kernel[(triton.cdiv(M, bm) * triton.cdiv(K, bk),)](
+            grad_out, saved, weight, dx, M, N, K,
+            grad_out.stride(0), grad_out.stride(1), weight.stride(0), weight.stride(1),
+            negative_slope, ACT=activation, ACC_DTYPE=acc, INPUT_PRECISION=precision,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, **_launch_kw(x.dtype),
+        )
+    if need_dw or need_db:
+        bn, bk, bm = _tiles(N, K, M)
+        k_tiles = triton.cdiv(K, bk) if need_dw else 1
+        dense_dw_kernel[(triton.cdiv(N, bn) * k_tiles,)](
+            grad_out, saved, x, dw, db, M, N, K,
+            grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
+            negative_slope, ACT=activation, NEED_DW=need_dw, NEED_DB=need_db,
+            ACC_DTYPE=acc, INPUT_PRECISION=precision,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, **_launch_kw(x.dtype),
+        )
+    return dx, dw, db

@@ -1,0 +1,9 @@
+"""The integer codes that name activations, losses and reductions inside the kernels.
+Triton and C++ see the index; Python sees the name."""
+
+ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+# Activations whose derivative is computed from the saved output. gelu needs the saved
+# pre-activation; "none" needs nothing.
+FROM_OUTPUT = ("relu", "leaky_relu", "tanh", "sigmoid")
+LOSSES = ("bce_with_logits", "mse")
+REDUCTIONS = ("none", "mean", "sum")

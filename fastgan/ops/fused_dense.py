@@ -1,0 +1,133 @@
+"""fused_dense(x, weight, bias=None, activation="none", negative_slope=0.01)
+
+act(x @ weight.T + bias) in one kernel, with weight in nn.Linear layout and any leading
+batch dimensions, as F.linear. The backward applies act' inside the GEMMs that make dx
+and dw, and db comes out of the dw pass. Kernels: fastgan/kernels/dense.py (Triton) and
+csrc/fastgan_cpu.cpp (CPU).
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from fastgan.ops import _checks
+from fastgan.ops._backend import implementation
+from fastgan.ops._library import define_public_op, forbid_double_backward
+from fastgan.ops.codes import ACTIVATIONS, FROM_OUTPUT
+
+# ---------------------------------------------------------------------------------------
+# Internal ops: one backend call each.
+
+
+def _as_2d(t: Tensor) -> Tensor:
+    """(..., features) -> (rows, features), a view when the strides allow it."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
+@torch.library.custom_op("fastgan::fused_dense_fwd", mutates_args=())
+def fused_dense_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str,
+                    negative_slope: float) -> tuple[Tensor, Tensor]:
+    """Returns (out, preact); preact is the pre-activation for gelu, else empty."""
+    out, preact = implementation(x.device).dense_fwd(
+        _as_2d(x), weight, bias, ACTIVATIONS.index(activation),
+        negative_slope, activation == "gelu")
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    return out.view(out_shape), (preact.view(out_shape) if preact.numel() else preact)
+
+
+@fused_dense_fwd.register_fake
+def _(x, weight, bias, activation, negative_slope):
+    out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return out, x.new_empty(out.shape if activation == "gelu" else (0,))
+
+
+@torch.library.custom_op("fastgan::fused_dense_bwd", mutates_args=())
+def fused_dense_bwd(grad_out: Tensor, x: Tensor, weight: Tensor, saved: Tensor | None,
+                    activation: str, negative_slope: float, need_dx: bool, need_dw: bool,
+                    need_db: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db); saved is the output (relu, leaky_relu, tanh, sigmoid), the
+    pre-activation (gelu) or None ("none"). Gradients not asked for come back empty."""
+    grad_2d = _as_2d(grad_out)
+    dx, dw, db = implementation(x.device).dense_bwd(
+        grad_2d, _as_2d(x), weight, grad_2d if saved is None else _as_2d(saved),
+        ACTIVATIONS.index(activation), negative_slope, need_dx, need_dw, need_db)
+    return (dx.view(x.shape) if need_dx else dx), dw, db
+
+
+@fused_dense_bwd.register_fake
+def _(grad_out, x, weight, saved, activation, negative_slope, need_dx, need_dw, need_db):
+    return (x.new_empty(x.shape if need_dx else (0,)),
+            weight.new_empty(weight.shape if need_dw else (0,)),
+            x.new_empty((weight.shape[0],) if need_db else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation, negative_slope = inputs
+    out, preact = output
+    saved = preact if activation == "gelu" else out if activation in FROM_OUTPUT else None
+    ctx.save_for_backward(x, weight, saved)
+    ctx.activation, ctx.negative_slope = activation, negative_slope
+
+
+def _backward(ctx, grad_out, _grad_preact):
+    forbid_double_backward("fused_dense")
+    x, weight, saved = ctx.saved_tensors
+    need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+    dx, dw, db = torch.ops.fastgan.fused_dense_bwd(
+        grad_out, x, weight, saved, ctx.activation, ctx.negative_slope, need_dx, need_dw, need_db)
+    return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
+            None, None)
+
+
+fused_dense_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+# ---------------------------------------------------------------------------------------
+# Public op and functional API.
+
+
+def _check_args(x, weight, bias, activation, negative_slope):
+    _checks.check_float_tensor("x", x)
+    _checks.check_float_tensor("weight", weight)
+    if bias is not None:
+        _checks.check_float_tensor("bias", bias)
+    _checks.check_same_device("x", x, weight=weight, bias=bias)
+    _checks.check_choice("activation", activation, ACTIVATIONS)
+    if x.dim() < 1:
+        raise ValueError("x: expected a tensor with at least 1 dimension, got a 0-dim tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-D (out_features, in_features) tensor, "
+                         f"got shape {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight: expected in_features = {x.shape[-1]} (the last dimension of "
+                         f"x), got shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None and value.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {value.dtype}")
+    if activation == "leaky_relu" and negative_slope < 0:
+        raise ValueError(f"negative_slope: expected >= 0 for leaky_relu (the backward reads the "
+                         f"sign of the saved output), got {negative_slope}")
+
+
+def _fused_dense_composite(x, weight, bias=None, activation="none", negative_slope=0.01):
+    _check_args(x, weight, bias, activation, negative_slope)
+    return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation, negative_slope)[0]
+
+
+define_public_op(
+    "fused_dense(Tensor x, Tensor weight, Tensor? bias=None, str activation='none', "
+    "float negative_slope=0.01) -> Tensor",
+    _fused_dense_composite,
+)
+
+
+def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+                activation: str = "none", negative_slope: float = 0.01) -> Tensor:
+    """act(F.linear(x, weight, bias)) in one fused kernel, forward and backward.
+
+    activation: "none", "relu", "leaky_relu", "tanh", "sigmoid" or "gelu" (exact, as
+    F.gelu). negative_slope is leaky_relu's slope and must be >= 0.
+    """
+    return torch.ops.fastgan.fused_dense(x, weight, bias, activation, float(negative_slope))

@@ -1,0 +1,88 @@
+"""gan_d_loss and gan_g_loss: the GAN's BCE-with-logits losses, each with its gradients
+from one kernel launch (fastgan/kernels/gan_loss.py, or csrc/ on the CPU).
+
+    gan_d_loss = mean BCE(real_logits, real_target) + mean BCE(fake_logits, fake_target)
+    gan_g_loss = mean BCE(fake_logits, 1)          (the non-saturating generator loss)
+
+real_target < 1 is one-sided label smoothing.
+"""
+
+import torch
+from torch import Tensor
+
+from fastgan.ops import _checks
+from fastgan.ops._backend import implementation
+from fastgan.ops._library import define_public_op, register_saved_grad_autograd
+
+
+@torch.library.custom_op("fastgan::gan_loss_fwd", mutates_args=())
+def gan_loss_fwd(a: Tensor, target_a: float, b: Tensor | None, target_b: float,
+                 need_grad_a: bool, need_grad_b: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean BCE(a, target_a) [+ mean BCE(b, target_b)], d/da, d/db)."""
+    loss, grad_a, grad_b = implementation(a.device).gan_loss_fwd(
+        a.reshape(-1), target_a, None if b is None else b.reshape(-1), target_b,
+        need_grad_a, need_grad_b and b is not None)
+    return (loss, grad_a.view(a.shape) if need_grad_a else grad_a,
+            grad_b.view(b.shape) if grad_b.numel() else grad_b)
+
+
+@gan_loss_fwd.register_fake
+def _(a, target_a, b, target_b, need_grad_a, need_grad_b):
+    dtype = a.dtype if b is None else torch.promote_types(a.dtype, b.dtype)
+    grad_b = b.new_empty(b.shape) if need_grad_b and b is not None else a.new_empty((0,))
+    return a.new_empty((), dtype=dtype), a.new_empty(a.shape if need_grad_a else (0,)), grad_b
+
+
+register_saved_grad_autograd(gan_loss_fwd, "gan_loss", {0: 0, 2: 1})
+
+
+def _needs_grad(t: Tensor) -> bool:
+    return t.requires_grad and torch.is_grad_enabled()
+
+
+def _check_logits(name: str, logits) -> None:
+    _checks.check_float_tensor(name, logits)
+
+
+def _check_target(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+
+
+def _gan_d_loss_composite(real_logits, fake_logits, real_target=1.0, fake_target=0.0):
+    _check_logits("real_logits", real_logits)
+    _check_logits("fake_logits", fake_logits)
+    _checks.check_same_device("real_logits", real_logits, fake_logits=fake_logits)
+    return torch.ops.fastgan.gan_loss_fwd(
+        real_logits, real_target, fake_logits, fake_target,
+        _needs_grad(real_logits), _needs_grad(fake_logits))[0]
+
+
+def _gan_g_loss_composite(fake_logits):
+    _check_logits("fake_logits", fake_logits)
+    return torch.ops.fastgan.gan_loss_fwd(fake_logits, 1.0, None, 0.0,
+                                          _needs_grad(fake_logits), False)[0]
+
+
+define_public_op(
+    "gan_d_loss(Tensor real_logits, Tensor fake_logits, float real_target=1.0, "
+    "float fake_target=0.0) -> Tensor",
+    _gan_d_loss_composite,
+)
+define_public_op("gan_g_loss(Tensor fake_logits) -> Tensor", _gan_g_loss_composite)
+
+
+def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0,
+               fake_target: float = 0.0) -> Tensor:
+    """Discriminator loss: mean BCE(real, real_target) + mean BCE(fake, fake_target),
+    loss and both gradients from one kernel launch. real_target < 1 is one-sided label
+    smoothing."""
+    _check_target("real_target", real_target)
+    _check_target("fake_target", fake_target)
+    return torch.ops.fastgan.gan_d_loss(real_logits, fake_logits, float(real_target),
+                                        float(fake_target))
+
+
+def gan_g_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss: mean BCE(fake, 1), loss and gradient in one launch."""
+    return torch.ops.fastgan.gan_g_loss(fake_logits)

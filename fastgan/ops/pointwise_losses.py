@@ -1,0 +1,119 @@
+"""bce_with_logits and mse_loss: each loss and its gradients come out of one pass.
+
+The forward kernel (fastgan/kernels/pointwise_loss.py, or csrc/ on the CPU) writes the
+loss and d loss / d input (and d loss / d target when the target requires grad); the
+backward only scales them by the incoming gradient.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction
+
+from fastgan.ops import _checks
+from fastgan.ops._backend import implementation
+from fastgan.ops._library import define_public_op, register_saved_grad_autograd
+from fastgan.ops.codes import LOSSES, REDUCTIONS
+
+
+@torch.library.custom_op("fastgan::pointwise_loss_fwd", mutates_args=())
+def pointwise_loss_fwd(input: Tensor, target: Tensor, weight: Tensor | None,
+                       pos_weight: Tensor | None, loss: str, reduction: str,
+                       need_grad_input: bool, need_grad_target: bool
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, d loss / d input, d loss / d target); unrequested gradients come back empty."""
+    shape = input.shape
+    rows, cols = math.prod(shape[:-1]), (shape[-1] if shape else 1)
+
+    def as_2d(t):  # (rows, cols) views where strides allow; broadcasts keep stride 0
+        return None if t is None else t.expand(shape).reshape(rows, cols)
+
+    value, grad_input, grad_target = implementation(input.device).pointwise_loss_fwd(
+        as_2d(input), as_2d(target), as_2d(weight), as_2d(pos_weight), LOSSES.index(loss),
+        REDUCTIONS.index(reduction), need_grad_input, need_grad_target)
+    if reduction == "none":
+        value = value.view(shape)
+    return (value, grad_input.view(shape) if need_grad_input else grad_input,
+            grad_target.view(shape) if need_grad_target else grad_target)
+
+
+@pointwise_loss_fwd.register_fake
+def _(input, target, weight, pos_weight, loss, reduction, need_grad_input, need_grad_target):
+    dtype = torch.result_type(input, target)
+    for extra in (weight, pos_weight):
+        if extra is not None:
+            dtype = torch.promote_types(dtype, extra.dtype)
+    value = input.new_empty(input.shape if reduction == "none" else (), dtype=dtype)
+    return (value, input.new_empty(input.shape if need_grad_input else (0,)),
+            target.new_empty(target.shape if need_grad_target else (0,)))
+
+
+register_saved_grad_autograd(pointwise_loss_fwd, "pointwise_loss", {0: 0, 1: 1})
+
+
+def _needs_grad(t: Tensor) -> bool:
+    return t.requires_grad and torch.is_grad_enabled()
+
+
+def _check_pair(input, target, reduction):
+    _checks.check_float_tensor("input", input)
+    _checks.check_float_tensor("target", target)
+    _checks.check_same_device("input", input, target=target)
+    _checks.check_same_shape("target", target, "input", input)
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
+
+
+# ---------------------------------------------------------------------------------------
+# bce_with_logits
+
+
+def _bce_composite(input, target, weight=None, pos_weight=None, reduction="mean"):
+    _check_pair(input, target, reduction)
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is not None:
+            _checks.check_float_tensor(name, value)
+            _checks.check_same_device("input", input, **{name: value})
+            _checks.check_broadcastable(name, value, "input", input)
+            _checks.check_no_grad(name, value, "bce_with_logits")
+    return torch.ops.fastgan.pointwise_loss_fwd(
+        input, target, weight, pos_weight, "bce_with_logits", reduction,
+        _needs_grad(input), _needs_grad(target))[0]
+
+
+define_public_op(
+    "bce_with_logits(Tensor input, Tensor target, Tensor? weight=None, "
+    "Tensor? pos_weight=None, str reduction='mean') -> Tensor",
+    _bce_composite,
+)
+
+
+def bce_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                    size_average: bool | None = None, reduce: bool | None = None,
+                    reduction: str = "mean", pos_weight: Tensor | None = None) -> Tensor:
+    """Drop-in for F.binary_cross_entropy_with_logits (same arguments, values and
+    gradients, including broadcast weight / pos_weight), with the gradient computed in the
+    forward pass. Stable for logits of any size."""
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    return torch.ops.fastgan.bce_with_logits(input, target, weight, pos_weight, reduction)
+
+
+# ---------------------------------------------------------------------------------------
+# mse_loss
+
+
+def _mse_composite(input, target, reduction="mean"):
+    _check_pair(input, target, reduction)
+    return torch.ops.fastgan.pointwise_loss_fwd(
+        input, target, None, None, "mse", reduction, _needs_grad(input), _needs_grad(target))[0]
+
+
+define_public_op("mse_loss(Tensor input, Tensor target, str reduction='mean') -> Tensor",
+                 _mse_composite)
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """F.mse_loss for same-shape input and target, with the gradient computed in the
+    forward pass."""
+    return torch.ops.fastgan.mse_loss(input, target, reduction)
