@@ -7,7 +7,8 @@ backward: dz = grad_out * act'(saved), recomputed on the fly inside
 
 dz is never written to memory. relu, leaky_relu, tanh and sigmoid take their derivative
 from the saved output; gelu from the saved pre-activation, which the forward writes only
-for gelu. The activation is a constexpr, so each one compiles to its own specialised kernel.
+for gelu. The activation and leaky_relu's slope are constexprs: each compiles to its own
+specialised kernel, and the slope stays exact in fp64 (a float argument would be fp32).
 """
 
 import torch
@@ -15,15 +16,22 @@ import triton
 import triton.language as tl
 
 from fastgan.kernels import _math
+from fastgan.ops._backend import TRITON_INTERPRET
 
 
 @triton.jit
-def _activate(z, ACT: tl.constexpr, negative_slope):
+def _full_like(t, value: tl.constexpr):
+    # A float constant on its own would be fp32; this keeps its full precision in fp64.
+    return tl.full(t.shape, value, t.dtype)
+
+
+@triton.jit
+def _activate(z, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
     # ACT indexes fastgan.ops.codes.ACTIVATIONS: none, relu, leaky_relu, tanh, sigmoid, gelu.
     if ACT == 1:
         out = tl.where(z < 0, 0.0, z)  # keeps NaN, as torch.relu
     elif ACT == 2:
-        out = tl.where(z > 0, z, z * negative_slope)
+        out = tl.where(z > 0, z, z * _full_like(z, NEGATIVE_SLOPE))
     elif ACT == 3:
         out = _math.tanh(z)
     elif ACT == 4:
@@ -36,11 +44,11 @@ def _activate(z, ACT: tl.constexpr, negative_slope):
 
 
 @triton.jit
-def _activation_grad(saved, ACT: tl.constexpr, negative_slope):
+def _activation_grad(saved, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
     if ACT == 1:
         d = tl.where(saved > 0, 1.0, 0.0)
     elif ACT == 2:
-        d = tl.where(saved > 0, 1.0, negative_slope)
+        d = tl.where(saved > 0, 1.0, _full_like(saved, NEGATIVE_SLOPE))
     elif ACT == 3:
         d = 1.0 - saved * saved
     elif ACT == 4:
@@ -49,6 +57,16 @@ def _activation_grad(saved, ACT: tl.constexpr, negative_slope):
         cdf = 0.5 * (1.0 + tl.erf(saved * 0.7071067811865476))
         d = cdf + saved * tl.exp(-0.5 * saved * saved) * 0.3989422804014327
     return d
+
+
+@triton.jit
+def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    if INTERPRETED:
+        # Triton's CPU interpreter multiplies bfloat16 tiles wrongly (seen with triton 3.9);
+        # in fp32 the products are exact, so the test still checks the kernel's logic.
+        a = a.to(acc.dtype)
+        b = b.to(acc.dtype)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
 @triton.jit
@@ -67,10 +85,10 @@ def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
 def dense_fwd_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, preact_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk,
-    negative_slope,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PREACT: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
+    NEGATIVE_SLOPE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
@@ -85,27 +103,27 @@ def dense_fwd_kernel(
                     mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
         b = tl.load(w_ptr + rn[None, :] * stride_wn + k[:, None] * stride_wk,
                     mask=(rn[None, :] < N) & (k[:, None] < K), other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = _dot(a, b, acc, INPUT_PRECISION, INTERPRETED)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(ACC_DTYPE)[None, :]
+        acc += tl.load(b_ptr + rn * stride_b, mask=rn < N, other=0.0).to(ACC_DTYPE)[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
     if SAVE_PREACT:
         tl.store(preact_ptr + offsets, acc.to(preact_ptr.dtype.element_ty), mask=mask)
-    out = _activate(acc, ACT, negative_slope)
+    out = _activate(acc, ACT, NEGATIVE_SLOPE)
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _dz_tile(g_ptr, s_ptr, rows, cols, M, N, stride_gm, stride_gn, negative_slope,
-             ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+def _dz_tile(g_ptr, s_ptr, rows, cols, M, N, stride_gm, stride_gn,
+             NEGATIVE_SLOPE: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
     """dz[rows, cols] = grad_out * act'(saved), with rows indexing M and cols indexing N;
     rows and cols may come in either orientation, so the tile may be dz or dz.T."""
     mask = (rows < M) & (cols < N)
     g = tl.load(g_ptr + rows * stride_gm + cols * stride_gn, mask=mask, other=0.0).to(ACC_DTYPE)
     if ACT != 0:
         s = tl.load(s_ptr + rows * N + cols, mask=mask, other=0.0).to(ACC_DTYPE)
-        g = g * _activation_grad(s, ACT, negative_slope)
+        g = g * _activation_grad(s, ACT, NEGATIVE_SLOPE)
     return g
 
 
@@ -114,8 +132,8 @@ def dense_dx_kernel(
     g_ptr, s_ptr, w_ptr, dx_ptr,
     M, N, K,
     stride_gm, stride_gn, stride_wn, stride_wk,
-    negative_slope,
-    ACT: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    NEGATIVE_SLOPE: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K),
@@ -127,10 +145,10 @@ def dense_dx_kernel(
     for n0 in range(0, N, BLOCK_N):
         n = n0 + rn
         dz = _dz_tile(g_ptr, s_ptr, rm[:, None], n[None, :], M, N, stride_gm, stride_gn,
-                      negative_slope, ACT, ACC_DTYPE)
+                      NEGATIVE_SLOPE, ACT, ACC_DTYPE)
         w = tl.load(w_ptr + n[:, None] * stride_wn + rk[None, :] * stride_wk,
                     mask=(n[:, None] < N) & (rk[None, :] < K), other=0.0)
-        acc = tl.dot(dz.to(w.dtype), w, acc, input_precision=INPUT_PRECISION)
+        acc = _dot(dz.to(w.dtype), w, acc, INPUT_PRECISION, INTERPRETED)
     tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=(rm[:, None] < M) & (rk[None, :] < K))
 
@@ -140,9 +158,9 @@ def dense_dw_kernel(
     g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr,
     M, N, K,
     stride_gm, stride_gn, stride_xm, stride_xk,
-    negative_slope,
-    ACT: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    NEGATIVE_SLOPE: tl.constexpr, ACT: tl.constexpr, NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
 ):
     pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K),
@@ -155,11 +173,11 @@ def dense_dw_kernel(
     for m0 in range(0, M, BLOCK_M):
         m = m0 + rm
         dz_t = _dz_tile(g_ptr, s_ptr, m[None, :], rn[:, None], M, N, stride_gm, stride_gn,
-                        negative_slope, ACT, ACC_DTYPE)  # [BLOCK_N, BLOCK_M]
+                        NEGATIVE_SLOPE, ACT, ACC_DTYPE)  # [BLOCK_N, BLOCK_M]
         if NEED_DW:
             x = tl.load(x_ptr + m[:, None] * stride_xm + rk[None, :] * stride_xk,
                         mask=(m[:, None] < M) & (rk[None, :] < K), other=0.0)
-            acc = tl.dot(dz_t.to(x.dtype), x, acc, input_precision=INPUT_PRECISION)
+            acc = _dot(dz_t.to(x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
         if NEED_DB:
             db += tl.sum(dz_t, axis=1)
     if NEED_DW:
@@ -186,6 +204,11 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _slope(activation: int, negative_slope: float) -> float:
+    # Only leaky_relu (code 2) reads the slope; a fixed value elsewhere avoids recompiles.
+    return float(negative_slope) if activation == 2 else 0.0
+
+
 def _block(size: int, smallest: int, largest: int) -> int:
     return max(smallest, min(largest, triton.next_power_of_2(size)))
 
@@ -196,7 +219,8 @@ def _tiles(m: int, n: int, k: int):
 
 
 def _launch_kw(dtype: torch.dtype) -> dict:
-    return {"num_warps": 4, "num_stages": 3 if dtype != torch.float64 else 1}
+    return {"num_warps": 4, "num_stages": 3 if dtype != torch.float64 else 1,
+            "INTERPRETED": TRITON_INTERPRET}
 
 
 def dense_fwd(x, weight, bias, activation, negative_slope, save_preact):
@@ -211,8 +235,9 @@ def dense_fwd(x, weight, bias, activation, negative_slope, save_preact):
     dense_fwd_kernel[grid](
         x, weight, bias if bias is not None else x, out, preact,
         M, N, K, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        negative_slope,
-        HAS_BIAS=bias is not None, ACT=activation, SAVE_PREACT=save_preact,
+        bias.stride(0) if bias is not None else 0,
+        NEGATIVE_SLOPE=_slope(activation, negative_slope), HAS_BIAS=bias is not None,
+        ACT=activation, SAVE_PREACT=save_preact,
         ACC_DTYPE=_acc_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, **_launch_kw(x.dtype),
     )
@@ -222,11 +247,10 @@ def dense_fwd(x, weight, bias, activation, negative_slope, save_preact):
 def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, need_dw, need_db):
     M, K = x.shape
     N = weight.shape[0]
-    empty = x.new_empty((0,))
     acc, precision = _acc_dtype(x.dtype), _input_precision(x.dtype)
-    dx = torch.empty((M, K), device=x.device, dtype=x.dtype) if need_dx else empty
-    dw = torch.empty((N, K), device=x.device, dtype=weight.dtype) if need_dw else empty
-    db = torch.empty((N,), device=x.device, dtype=x.dtype) if need_db else empty
+    dx = x.new_empty((M, K) if need_dx else (0,))
+    dw = x.new_empty((N, K) if need_dw else (0,))
+    db = x.new_empty((N,) if need_db else (0,))
     if M == 0:  # nothing flows back; the weight and bias gradients are zero
         return dx, dw.zero_(), db.zero_()
     if need_dx and dx.numel():
@@ -234,7 +258,8 @@ def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, n
         dense_dx_kernel[(triton.cdiv(M, bm) * triton.cdiv(K, bk),)](
             grad_out, saved, weight, dx, M, N, K,
             grad_out.stride(0), grad_out.stride(1), weight.stride(0), weight.stride(1),
-            negative_slope, ACT=activation, ACC_DTYPE=acc, INPUT_PRECISION=precision,
+            NEGATIVE_SLOPE=_slope(activation, negative_slope), ACT=activation, ACC_DTYPE=acc,
+            INPUT_PRECISION=precision,
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, **_launch_kw(x.dtype),
         )
     if need_dw or need_db:
@@ -243,8 +268,8 @@ def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, n
         dense_dw_kernel[(triton.cdiv(N, bn) * k_tiles,)](
             grad_out, saved, x, dw, db, M, N, K,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
-            negative_slope, ACT=activation, NEED_DW=need_dw, NEED_DB=need_db,
-            ACC_DTYPE=acc, INPUT_PRECISION=precision,
+            NEGATIVE_SLOPE=_slope(activation, negative_slope), ACT=activation,
+            NEED_DW=need_dw, NEED_DB=need_db, ACC_DTYPE=acc, INPUT_PRECISION=precision,
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, **_launch_kw(x.dtype),
         )
     return dx, dw, db

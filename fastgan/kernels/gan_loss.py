@@ -38,7 +38,8 @@ def _mean_bce_segment(x_ptr, n, stride, target: tl.constexpr, g_ptr, NEED_GRAD: 
 def gan_loss_kernel(
     a_ptr, b_ptr, loss_ptr, ga_ptr, gb_ptr,
     n_a, n_b, stride_a, stride_b,
-    TARGET_A: tl.constexpr, TARGET_B: tl.constexpr, HAS_B: tl.constexpr, NEED_GA: tl.constexpr, NEED_GB: tl.constexpr,
+    TARGET_A: tl.constexpr, TARGET_B: tl.constexpr,
+    HAS_B: tl.constexpr, NEED_GA: tl.constexpr, NEED_GB: tl.constexpr,
     ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     loss = _mean_bce_segment(a_ptr, n_a, stride_a, TARGET_A, ga_ptr, NEED_GA, ACC_DTYPE, BLOCK)
@@ -60,7 +61,8 @@ def gan_loss_fwd(a, target_a, b, target_b, need_grad_a, need_grad_b):
     gan_loss_kernel[(1,)](
         a, b_arg, loss, grad_a, grad_b,
         a.numel(), b_arg.numel(), a.stride(0), b_arg.stride(0),
-        TARGET_A=float(target_a), TARGET_B=float(target_b), HAS_B=has_b, NEED_GA=need_grad_a, NEED_GB=need_grad_b,
+        TARGET_A=float(target_a), TARGET_B=float(target_b),
+        HAS_B=has_b, NEED_GA=need_grad_a, NEED_GB=need_grad_b,
         ACC_DTYPE=tl.float64 if out_dtype == torch.float64 else tl.float32, BLOCK=_BLOCK,
     )
     return loss, grad_a, grad_b

@@ -75,8 +75,8 @@ def pointwise_loss_kernel(
             loss_ptr.dtype.element_ty))
 
 
-def _num_programs(numel: int, device: torch.device) -> int:
-    if numel <= _ONE_PROGRAM_MAX or device.type != "cuda":
+def _num_programs(numel: int) -> int:
+    if numel <= _ONE_PROGRAM_MAX:
         return 1
     return min(triton.cdiv(numel, _BLOCK), _MAX_PROGRAMS)
 
@@ -91,7 +91,7 @@ def pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction, need_
     numel = input.numel()
     R, C = input.shape
     reduce = reduction != 0
-    programs = _num_programs(numel, input.device)
+    programs = _num_programs(numel)
     if reduce:
         # One program writes the loss itself; several write partial sums reduced below.
         if programs == 1:

@@ -36,7 +36,8 @@ def backend_for(device: torch.device) -> str:
         return "torch"
     if device.type == "cuda":
         if name == "cpp":
-            raise ValueError("FASTGAN_BACKEND=cpp: the C++ kernels take CPU tensors, got CUDA tensors")
+            raise ValueError(
+                "FASTGAN_BACKEND=cpp: the C++ kernels take CPU tensors, got CUDA tensors")
         if not HAS_TRITON:
             raise RuntimeError("fastgan needs triton for CUDA tensors; install triton>=3.2")
         return "triton"

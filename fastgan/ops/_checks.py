@@ -55,3 +55,8 @@ def check_broadcastable(name: str, value: torch.Tensor, ref_name: str, ref: torc
 def check_no_grad(name: str, value: torch.Tensor | None, op: str) -> None:
     if value is not None and value.requires_grad:
         raise ValueError(f"{name}: {op} is not differentiable with respect to {name}; detach it")
+
+
+def check_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")

@@ -23,7 +23,8 @@ def forbid_double_backward(op: str) -> None:
     # The backward reuses gradients saved by the forward, which are not differentiable
     # functions of the inputs: refuse rather than return a wrong second derivative.
     if torch.is_grad_enabled():
-        raise RuntimeError(f"fastgan.ops.{op}: double backward (create_graph=True) is not supported")
+        raise RuntimeError(
+            f"fastgan.ops.{op}: double backward (create_graph=True) is not supported")
 
 
 def register_saved_grad_autograd(op, name: str, grad_of_input: dict[int, int]) -> None:

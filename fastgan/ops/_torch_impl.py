@@ -58,7 +58,7 @@ def activation_grad(saved: torch.Tensor, activation: int, negative_slope: float)
     if name == "relu":
         return (s > 0).to(s.dtype)
     if name == "leaky_relu":
-        return torch.where(s > 0, 1.0, negative_slope).to(s.dtype)
+        return torch.ones_like(s).masked_fill_(s <= 0, negative_slope)
     if name == "tanh":
         return 1.0 - s * s
     if name == "sigmoid":
@@ -119,7 +119,9 @@ def pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction, need_
             out_dtype = torch.promote_types(out_dtype, extra.dtype)
     acc = accumulate_dtype(out_dtype)
     x, t = input.to(acc), target.to(acc)
-    reduce_scale = 1.0 / input.numel() if REDUCTIONS[reduction] == "mean" else 1.0
+    # The mean of nothing is NaN, as in torch.
+    mean_scale = 1.0 / input.numel() if input.numel() else float("nan")
+    reduce_scale = mean_scale if REDUCTIONS[reduction] == "mean" else 1.0
     if LOSSES[loss] == "bce_with_logits":
         w = None if weight is None else weight.to(acc)
         pw = None if pos_weight is None else pos_weight.to(acc)

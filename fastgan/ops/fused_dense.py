@@ -106,21 +106,10 @@ def _check_args(x, weight, bias, activation, negative_slope):
     for name, value in (("weight", weight), ("bias", bias)):
         if value is not None and value.dtype != x.dtype:
             raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {value.dtype}")
+    _checks.check_number("negative_slope", negative_slope)
     if activation == "leaky_relu" and negative_slope < 0:
         raise ValueError(f"negative_slope: expected >= 0 for leaky_relu (the backward reads the "
                          f"sign of the saved output), got {negative_slope}")
-
-
-def _fused_dense_composite(x, weight, bias=None, activation="none", negative_slope=0.01):
-    _check_args(x, weight, bias, activation, negative_slope)
-    return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation, negative_slope)[0]
-
-
-define_public_op(
-    "fused_dense(Tensor x, Tensor weight, Tensor? bias=None, str activation='none', "
-    "float negative_slope=0.01) -> Tensor",
-    _fused_dense_composite,
-)
 
 
 def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -130,4 +119,14 @@ def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     activation: "none", "relu", "leaky_relu", "tanh", "sigmoid" or "gelu" (exact, as
     F.gelu). negative_slope is leaky_relu's slope and must be >= 0.
     """
-    return torch.ops.fastgan.fused_dense(x, weight, bias, activation, float(negative_slope))
+    _check_args(x, weight, bias, activation, negative_slope)
+    return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation,
+                                             float(negative_slope))[0]
+
+
+# torch.ops.fastgan.fused_dense is this same function, registered with the dispatcher.
+define_public_op(
+    "fused_dense(Tensor x, Tensor weight, Tensor? bias=None, str activation='none', "
+    "float negative_slope=0.01) -> Tensor",
+    fused_dense,
+)

@@ -40,26 +40,24 @@ def _needs_grad(t: Tensor) -> bool:
     return t.requires_grad and torch.is_grad_enabled()
 
 
-def _check_logits(name: str, logits) -> None:
-    _checks.check_float_tensor(name, logits)
-
-
-def _check_target(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-
-
-def _gan_d_loss_composite(real_logits, fake_logits, real_target=1.0, fake_target=0.0):
-    _check_logits("real_logits", real_logits)
-    _check_logits("fake_logits", fake_logits)
+def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0,
+               fake_target: float = 0.0) -> Tensor:
+    """Discriminator loss: mean BCE(real, real_target) + mean BCE(fake, fake_target),
+    loss and both gradients from one kernel launch. real_target < 1 is one-sided label
+    smoothing."""
+    _checks.check_float_tensor("real_logits", real_logits)
+    _checks.check_float_tensor("fake_logits", fake_logits)
     _checks.check_same_device("real_logits", real_logits, fake_logits=fake_logits)
+    _checks.check_number("real_target", real_target)
+    _checks.check_number("fake_target", fake_target)
     return torch.ops.fastgan.gan_loss_fwd(
-        real_logits, real_target, fake_logits, fake_target,
+        real_logits, float(real_target), fake_logits, float(fake_target),
         _needs_grad(real_logits), _needs_grad(fake_logits))[0]
 
 
-def _gan_g_loss_composite(fake_logits):
-    _check_logits("fake_logits", fake_logits)
+def gan_g_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss: mean BCE(fake, 1), loss and gradient in one launch."""
+    _checks.check_float_tensor("fake_logits", fake_logits)
     return torch.ops.fastgan.gan_loss_fwd(fake_logits, 1.0, None, 0.0,
                                           _needs_grad(fake_logits), False)[0]
 
@@ -67,22 +65,6 @@ def _gan_g_loss_composite(fake_logits):
 define_public_op(
     "gan_d_loss(Tensor real_logits, Tensor fake_logits, float real_target=1.0, "
     "float fake_target=0.0) -> Tensor",
-    _gan_d_loss_composite,
+    gan_d_loss,
 )
-define_public_op("gan_g_loss(Tensor fake_logits) -> Tensor", _gan_g_loss_composite)
-
-
-def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0,
-               fake_target: float = 0.0) -> Tensor:
-    """Discriminator loss: mean BCE(real, real_target) + mean BCE(fake, fake_target),
-    loss and both gradients from one kernel launch. real_target < 1 is one-sided label
-    smoothing."""
-    _check_target("real_target", real_target)
-    _check_target("fake_target", fake_target)
-    return torch.ops.fastgan.gan_d_loss(real_logits, fake_logits, float(real_target),
-                                        float(fake_target))
-
-
-def gan_g_loss(fake_logits: Tensor) -> Tensor:
-    """Non-saturating generator loss: mean BCE(fake, 1), loss and gradient in one launch."""
-    return torch.ops.fastgan.gan_g_loss(fake_logits)
+define_public_op("gan_g_loss(Tensor fake_logits) -> Tensor", gan_g_loss)

@@ -68,7 +68,7 @@ def _check_pair(input, target, reduction):
 # bce_with_logits
 
 
-def _bce_composite(input, target, weight=None, pos_weight=None, reduction="mean"):
+def _bce_with_logits(input, target, weight=None, pos_weight=None, reduction="mean"):
     _check_pair(input, target, reduction)
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
@@ -84,7 +84,7 @@ def _bce_composite(input, target, weight=None, pos_weight=None, reduction="mean"
 define_public_op(
     "bce_with_logits(Tensor input, Tensor target, Tensor? weight=None, "
     "Tensor? pos_weight=None, str reduction='mean') -> Tensor",
-    _bce_composite,
+    _bce_with_logits,
 )
 
 
@@ -96,24 +96,20 @@ def bce_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
     forward pass. Stable for logits of any size."""
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
-    return torch.ops.fastgan.bce_with_logits(input, target, weight, pos_weight, reduction)
+    return _bce_with_logits(input, target, weight, pos_weight, reduction)
 
 
 # ---------------------------------------------------------------------------------------
 # mse_loss
 
 
-def _mse_composite(input, target, reduction="mean"):
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """F.mse_loss for same-shape input and target, with the gradient computed in the
+    forward pass."""
     _check_pair(input, target, reduction)
     return torch.ops.fastgan.pointwise_loss_fwd(
         input, target, None, None, "mse", reduction, _needs_grad(input), _needs_grad(target))[0]
 
 
 define_public_op("mse_loss(Tensor input, Tensor target, str reduction='mean') -> Tensor",
-                 _mse_composite)
-
-
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """F.mse_loss for same-shape input and target, with the gradient computed in the
-    forward pass."""
-    return torch.ops.fastgan.mse_loss(input, target, reduction)
+                 mse_loss)

@@ -1,0 +1,112 @@
+"""fused_dense against the float64 reference, on every backend."""
+
+import sys
+
+import pytest
+import torch
+from helpers import as_reference, grads, randn
+
+from fastgan import ops
+from fastgan.ops import reference
+from fastgan.ops.codes import ACTIVATIONS
+from fastgan.testing import assert_close
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+# (leading dims of x, in_features, out_features)
+SHAPES = (((1,), 1, 1), ((7,), 33, 5), ((2, 3), 127, 33), ((300,), 7, 127))
+
+
+def check_against_reference(x, weight, bias, activation, negative_slope=0.01, grad_layout=None):
+    out = ops.fused_dense(x, weight, bias, activation, negative_slope)
+    rx, rw, rb = as_reference(x, weight, bias)
+    expected = reference.fused_dense(rx, rw, rb, activation, negative_slope)
+    assert out.shape == expected.shape and out.dtype == x.dtype
+    assert_close(out, expected, x.dtype, "output")
+    grad_out = randn(out.shape, x.dtype, x.device, layout=grad_layout or "contiguous")
+    actual = grads(out, [x, weight, bias], grad_out)
+    wanted = grads(expected, [rx, rw, rb], grad_out.to(torch.float64))
+    for name, a, e in zip(("dx", "dw", "db"), actual, wanted, strict=True):
+        assert (a is None) == (e is None), name
+        if a is not None:
+            assert a.shape == e.shape and a.dtype == x.dtype, name
+            assert_close(a, e, x.dtype, name)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_matches_reference(backend, activation, dtype, shape):
+    lead, k, n = shape
+    x = randn((*lead, k), dtype, backend.device, requires_grad=True)
+    weight = randn((n, k), dtype, backend.device, scale=k ** -0.5, requires_grad=True)
+    bias = randn((n,), dtype, backend.device, requires_grad=True)
+    check_against_reference(x, weight, bias, activation, negative_slope=0.2)
+
+
+@pytest.mark.parametrize("activation", ("none", "leaky_relu", "gelu"))
+def test_non_contiguous_inputs(backend, activation):
+    x = randn((33, 45), torch.float32, backend.device, layout="strided", requires_grad=True)
+    weight = randn((17, 45), torch.float32, backend.device, layout="transposed",
+                   requires_grad=True)
+    bias = randn((17,), torch.float32, backend.device, layout="strided", requires_grad=True)
+    assert not (x.is_contiguous() or weight.is_contiguous() or bias.is_contiguous())
+    check_against_reference(x, weight, bias, activation, grad_layout="transposed")
+
+
+@pytest.mark.parametrize("activation", ("tanh", "sigmoid", "gelu", "relu"))
+def test_extreme_inputs_saturate_cleanly(backend, activation):
+    x = randn((9, 20), torch.float32, backend.device, scale=1e3, requires_grad=True)
+    weight = randn((6, 20), torch.float32, backend.device, requires_grad=True)
+    out = ops.fused_dense(x, weight, None, activation)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    check_against_reference(x, weight, None, activation)
+
+
+@pytest.mark.parametrize("needs", ("x", "weight", "bias", "weight+bias"))
+def test_only_requested_gradients(backend, needs):
+    x = randn((8, 16), torch.float32, backend.device, requires_grad="x" in needs)
+    weight = randn((4, 16), torch.float32, backend.device, requires_grad="weight" in needs)
+    bias = randn((4,), torch.float32, backend.device, requires_grad="bias" in needs)
+    check_against_reference(x, weight, bias, "leaky_relu")
+
+
+def test_empty_batch(backend):
+    x = randn((0, 5), torch.float32, backend.device, requires_grad=True)
+    weight = randn((3, 5), torch.float32, backend.device, requires_grad=True)
+    bias = randn((3,), torch.float32, backend.device, requires_grad=True)
+    check_against_reference(x, weight, bias, "relu")
+
+
+def test_matches_under_no_grad(backend):
+    x = randn((5, 8), torch.float32, backend.device)
+    weight = randn((3, 8), torch.float32, backend.device, requires_grad=True)
+    with torch.no_grad():
+        out = ops.fused_dense(x, weight, None, "sigmoid")
+    assert not out.requires_grad
+    assert_close(out, reference.fused_dense(*as_reference(x, weight), None, "sigmoid"),
+                 torch.float32)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (dict(weight=torch.randn(3, 6)), ValueError, "weight: expected in_features = 5"),
+    (dict(weight=torch.randn(3, 5, 1)), ValueError, "weight: expected a 2-D"),
+    (dict(x=torch.ones(4, 5, dtype=torch.int64)), TypeError, "x: expected a floating-point"),
+    (dict(bias=torch.randn(4)), ValueError, r"bias: expected shape \(3,\)"),
+    (dict(bias=torch.randn(3, dtype=torch.float64)), TypeError, "bias: expected dtype"),
+    (dict(activation="swish"), ValueError, "activation: expected one of"),
+    (dict(weight=torch.randn(3, 5, device="meta")), ValueError,
+     "weight: expected a tensor on cpu"),
+    (dict(activation="leaky_relu", negative_slope=-0.1), ValueError, "negative_slope"),
+    (dict(x="not a tensor"), TypeError, "x: expected a torch.Tensor"),
+])
+def test_bad_input_is_refused_before_any_kernel(monkeypatch, args, error, match):
+    def no_kernels(device):
+        raise AssertionError("a kernel was launched before the arguments were checked")
+
+    monkeypatch.setattr(sys.modules["fastgan.ops.fused_dense"], "implementation", no_kernels)
+    call = dict(x=torch.randn(4, 5), weight=torch.randn(3, 5), bias=torch.randn(3),
+                activation="relu", negative_slope=0.01)
+    call.update(args)
+    with pytest.raises(error, match=match):
+        ops.fused_dense(**call)
