@@ -142,7 +142,8 @@ def _mean_bce(x, target, need_grad):
     acc = accumulate_dtype(x.dtype)
     xf = x.to(acc)
     t = torch.full_like(xf, target)
-    value, g, _ = bce_terms(xf, t, None, None, 1.0 / x.numel(), need_grad, False)
+    scale = 1.0 / x.numel() if x.numel() else float("nan")
+    value, g, _ = bce_terms(xf, t, None, None, scale, need_grad, False)
     return value.mean(), (g.to(x.dtype) if need_grad else _empty_like(x))
 
 
