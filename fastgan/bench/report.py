@@ -1,0 +1,80 @@
+"""What a benchmark's JSON report records besides its rows: the machine, the software and
+the command, and where the file goes: <out>/<kind>-<device-slug>-<YYYY-MM-DD>.json."""
+
+import json
+import os
+import platform
+import re
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import fastgan
+from fastgan.ops._backend import backend_for
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()}, {os.cpu_count()} cores"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_slug(name: str) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 cores' -> 'intel-xeon-processor-2cores'."""
+    name = re.sub(r"\((r|tm)\)", "", name.lower())
+    name = re.sub(r"(\d+) cores", r"\1cores", name)
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+
+
+def new_report(kind: str, device: torch.device, dtype: torch.dtype, command: str) -> dict:
+    """The report's header; the benchmark adds its settings and "rows"."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "kind": kind,
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "fastgan": fastgan.__version__,
+        "fastgan_backend": backend_for(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "cpu_threads": torch.get_num_threads(),
+        # Other work on the machine skews CPU timings; this says how busy it was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "command": command,
+        "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def report_path(out_dir: Path, report: dict) -> Path:
+    slug = device_slug(report["device"])
+    if report["device_type"] == "cpu":
+        slug = f"cpu-{slug}"
+    return out_dir / f"{report['kind']}-{slug}-{report['timestamp'][:10]}.json"
+
+
+def write_report(path: Path, report: dict) -> None:
+    # Write then rename, so a run killed mid-write leaves the previous complete file.
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(path)
