@@ -66,10 +66,22 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# (FASTGAN_BACKEND as set, device type) -> the backend's functions. Ops run this lookup on
+# every call, so it is a dict hit after the first.
+_implementations: dict[tuple[str | None, str], object] = {}
+
+
 def implementation(device: torch.device):
     """The module (or op namespace) with dense_fwd, dense_bwd, pointwise_loss_fwd and
     gan_loss_fwd for tensors on `device`."""
-    name = backend_for(device)
+    key = (os.environ.get("FASTGAN_BACKEND"), device.type)
+    impl = _implementations.get(key)
+    if impl is None:
+        impl = _implementations[key] = _load_implementation(backend_for(device))
+    return impl
+
+
+def _load_implementation(name: str):
     if name == "triton":
         import fastgan.kernels
 

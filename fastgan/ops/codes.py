@@ -7,3 +7,5 @@ ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 FROM_OUTPUT = ("relu", "leaky_relu", "tanh", "sigmoid")
 LOSSES = ("bce_with_logits", "mse")
 REDUCTIONS = ("none", "mean", "sum")
+
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}

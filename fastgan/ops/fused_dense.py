@@ -13,27 +13,52 @@ from torch import Tensor
 
 from fastgan.ops import _checks
 from fastgan.ops._backend import implementation
-from fastgan.ops._library import define_public_op, forbid_double_backward
-from fastgan.ops.codes import ACTIVATIONS, FROM_OUTPUT
+from fastgan.ops._library import define_public_op, eager, forbid_double_backward
+from fastgan.ops.codes import ACTIVATION_CODES, ACTIVATIONS, FROM_OUTPUT
 
 # ---------------------------------------------------------------------------------------
-# Internal ops: one backend call each.
+# Backend calls, shared by every path.
 
 
 def _as_2d(t: Tensor) -> Tensor:
     """(..., features) -> (rows, features), a view when the strides allow it."""
-    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+    return t if t.dim() == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
+def _forward(x, weight, bias, activation, negative_slope):
+    """(out, preact); preact is the pre-activation for gelu, else empty."""
+    out, preact = implementation(x.device).dense_fwd(
+        _as_2d(x), weight, bias, ACTIVATION_CODES[activation], negative_slope,
+        activation == "gelu")
+    if x.dim() != 2:
+        out_shape = (*x.shape[:-1], weight.shape[0])
+        out, preact = out.view(out_shape), (preact.view(out_shape) if preact.numel() else preact)
+    return out, preact
+
+
+def _saved_for_backward(activation, out, preact):
+    """What act' is computed from: the output, the pre-activation (gelu) or nothing."""
+    return preact if activation == "gelu" else out if activation in FROM_OUTPUT else None
+
+
+def _backward(grad_out, x, weight, saved, activation, negative_slope, need_dx, need_dw,
+              need_db):
+    """(dx, dw, db); gradients not asked for come back empty."""
+    grad_2d = _as_2d(grad_out)
+    dx, dw, db = implementation(x.device).dense_bwd(
+        grad_2d, _as_2d(x), weight, grad_2d if saved is None else _as_2d(saved),
+        ACTIVATION_CODES[activation], negative_slope, need_dx, need_dw, need_db)
+    return (dx.view(x.shape) if need_dx and x.dim() != 2 else dx), dw, db
+
+
+# ---------------------------------------------------------------------------------------
+# Registered ops: what torch.compile and tracing see.
 
 
 @torch.library.custom_op("fastgan::fused_dense_fwd", mutates_args=())
 def fused_dense_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str,
                     negative_slope: float) -> tuple[Tensor, Tensor]:
-    """Returns (out, preact); preact is the pre-activation for gelu, else empty."""
-    out, preact = implementation(x.device).dense_fwd(
-        _as_2d(x), weight, bias, ACTIVATIONS.index(activation),
-        negative_slope, activation == "gelu")
-    out_shape = (*x.shape[:-1], weight.shape[0])
-    return out.view(out_shape), (preact.view(out_shape) if preact.numel() else preact)
+    return _forward(x, weight, bias, activation, negative_slope)
 
 
 @fused_dense_fwd.register_fake
@@ -46,13 +71,8 @@ def _(x, weight, bias, activation, negative_slope):
 def fused_dense_bwd(grad_out: Tensor, x: Tensor, weight: Tensor, saved: Tensor | None,
                     activation: str, negative_slope: float, need_dx: bool, need_dw: bool,
                     need_db: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dw, db); saved is the output (relu, leaky_relu, tanh, sigmoid), the
-    pre-activation (gelu) or None ("none"). Gradients not asked for come back empty."""
-    grad_2d = _as_2d(grad_out)
-    dx, dw, db = implementation(x.device).dense_bwd(
-        grad_2d, _as_2d(x), weight, grad_2d if saved is None else _as_2d(saved),
-        ACTIVATIONS.index(activation), negative_slope, need_dx, need_dw, need_db)
-    return (dx.view(x.shape) if need_dx else dx), dw, db
+    return _backward(grad_out, x, weight, saved, activation, negative_slope, need_dx,
+                     need_dw, need_db)
 
 
 @fused_dense_bwd.register_fake
@@ -64,23 +84,42 @@ def _(grad_out, x, weight, saved, activation, negative_slope, need_dx, need_dw, 
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias, activation, negative_slope = inputs
-    out, preact = output
-    saved = preact if activation == "gelu" else out if activation in FROM_OUTPUT else None
-    ctx.save_for_backward(x, weight, saved)
+    ctx.save_for_backward(x, weight, _saved_for_backward(activation, *output))
     ctx.activation, ctx.negative_slope = activation, negative_slope
 
 
-def _backward(ctx, grad_out, _grad_preact):
+def _registered_backward(ctx, grad_out, _grad_preact):
     forbid_double_backward("fused_dense")
     x, weight, saved = ctx.saved_tensors
-    need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-    dx, dw, db = torch.ops.fastgan.fused_dense_bwd(
-        grad_out, x, weight, saved, ctx.activation, ctx.negative_slope, need_dx, need_dw, need_db)
-    return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
-            None, None)
+    need = ctx.needs_input_grad[:3]
+    grads = torch.ops.fastgan.fused_dense_bwd(grad_out, x, weight, saved, ctx.activation,
+                                              ctx.negative_slope, *need)
+    return (*(g if n else None for g, n in zip(grads, need, strict=True)), None, None)
 
 
-fused_dense_fwd.register_autograd(_backward, setup_context=_setup_context)
+fused_dense_fwd.register_autograd(_registered_backward, setup_context=_setup_context)
+
+# ---------------------------------------------------------------------------------------
+# Eager path: the same backend calls without the dispatcher's Python layers.
+
+
+class _FusedDense(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation, negative_slope):
+        out, preact = _forward(x, weight, bias, activation, negative_slope)
+        ctx.save_for_backward(x, weight, _saved_for_backward(activation, out, preact))
+        ctx.activation, ctx.negative_slope = activation, negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        forbid_double_backward("fused_dense")
+        x, weight, saved = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        grads = _backward(grad_out, x, weight, saved, ctx.activation, ctx.negative_slope,
+                          *need)
+        return (*(g if n else None for g, n in zip(grads, need, strict=True)), None, None)
+
 
 # ---------------------------------------------------------------------------------------
 # Public op and functional API.
@@ -120,6 +159,11 @@ def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     F.gelu). negative_slope is leaky_relu's slope and must be >= 0.
     """
     _check_args(x, weight, bias, activation, negative_slope)
+    if eager(x, weight, bias):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, weight, bias)):
+            return _FusedDense.apply(x, weight, bias, activation, float(negative_slope))
+        return _forward(x, weight, bias, activation, float(negative_slope))[0]
     return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation,
                                              float(negative_slope))[0]
 

@@ -12,18 +12,28 @@ from torch import Tensor
 
 from fastgan.ops import _checks
 from fastgan.ops._backend import implementation
-from fastgan.ops._library import define_public_op, register_saved_grad_autograd
+from fastgan.ops._library import (
+    LossWithSavedGrads,
+    define_public_op,
+    eager,
+    register_saved_grad_autograd,
+)
 
 
-@torch.library.custom_op("fastgan::gan_loss_fwd", mutates_args=())
-def gan_loss_fwd(a: Tensor, target_a: float, b: Tensor | None, target_b: float,
-                 need_grad_a: bool, need_grad_b: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean BCE(a, target_a) [+ mean BCE(b, target_b)], d/da, d/db)."""
+def _forward(a, target_a, b, target_b, need_grad_a, need_grad_b):
+    """(mean BCE(a, target_a) [+ mean BCE(b, target_b)], d/da, d/db); unrequested
+    gradients come back empty."""
     loss, grad_a, grad_b = implementation(a.device).gan_loss_fwd(
         a.reshape(-1), target_a, None if b is None else b.reshape(-1), target_b,
         need_grad_a, need_grad_b and b is not None)
     return (loss, grad_a.view(a.shape) if need_grad_a else grad_a,
             grad_b.view(b.shape) if grad_b.numel() else grad_b)
+
+
+@torch.library.custom_op("fastgan::gan_loss_fwd", mutates_args=())
+def gan_loss_fwd(a: Tensor, target_a: float, b: Tensor | None, target_b: float,
+                 need_grad_a: bool, need_grad_b: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward(a, target_a, b, target_b, need_grad_a, need_grad_b)
 
 
 @gan_loss_fwd.register_fake
@@ -36,8 +46,21 @@ def _(a, target_a, b, target_b, need_grad_a, need_grad_b):
 register_saved_grad_autograd(gan_loss_fwd, "gan_loss", {0: 0, 2: 1})
 
 
-def _needs_grad(t: Tensor) -> bool:
-    return t.requires_grad and torch.is_grad_enabled()
+def _loss(name, a, target_a, b, target_b):
+    """The loss through the eager path or the registered op, with the gradients the
+    logits need computed in the same launch."""
+    need_a = a.requires_grad and torch.is_grad_enabled()
+    need_b = b is not None and b.requires_grad and torch.is_grad_enabled()
+    if not eager(a, b):
+        return torch.ops.fastgan.gan_loss_fwd(a, target_a, b, target_b, need_a, need_b)[0]
+
+    def compute(a, b=None):
+        loss, grad_a, grad_b = _forward(a, target_a, b, target_b, need_a, need_b)
+        return loss, (grad_a if need_a else None, grad_b if need_b else None)[:1 + (b is not None)]
+
+    if need_a or need_b:
+        return LossWithSavedGrads.apply(name, compute, *((a,) if b is None else (a, b)))
+    return compute(a, b)[0]
 
 
 def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0,
@@ -50,16 +73,14 @@ def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.
     _checks.check_same_device("real_logits", real_logits, fake_logits=fake_logits)
     _checks.check_number("real_target", real_target)
     _checks.check_number("fake_target", fake_target)
-    return torch.ops.fastgan.gan_loss_fwd(
-        real_logits, float(real_target), fake_logits, float(fake_target),
-        _needs_grad(real_logits), _needs_grad(fake_logits))[0]
+    return _loss("gan_d_loss", real_logits, float(real_target), fake_logits,
+                 float(fake_target))
 
 
 def gan_g_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss: mean BCE(fake, 1), loss and gradient in one launch."""
     _checks.check_float_tensor("fake_logits", fake_logits)
-    return torch.ops.fastgan.gan_loss_fwd(fake_logits, 1.0, None, 0.0,
-                                          _needs_grad(fake_logits), False)[0]
+    return _loss("gan_g_loss", fake_logits, 1.0, None, 0.0)
 
 
 define_public_op(

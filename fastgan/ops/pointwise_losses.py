@@ -13,15 +13,17 @@ from torch.nn import _reduction
 
 from fastgan.ops import _checks
 from fastgan.ops._backend import implementation
-from fastgan.ops._library import define_public_op, register_saved_grad_autograd
+from fastgan.ops._library import (
+    LossWithSavedGrads,
+    define_public_op,
+    eager,
+    register_saved_grad_autograd,
+)
 from fastgan.ops.codes import LOSSES, REDUCTIONS
 
 
-@torch.library.custom_op("fastgan::pointwise_loss_fwd", mutates_args=())
-def pointwise_loss_fwd(input: Tensor, target: Tensor, weight: Tensor | None,
-                       pos_weight: Tensor | None, loss: str, reduction: str,
-                       need_grad_input: bool, need_grad_target: bool
-                       ) -> tuple[Tensor, Tensor, Tensor]:
+def _forward(input, target, weight, pos_weight, loss, reduction, need_grad_input,
+             need_grad_target):
     """(loss, d loss / d input, d loss / d target); unrequested gradients come back empty."""
     shape = input.shape
     rows, cols = math.prod(shape[:-1]), (shape[-1] if shape else 1)
@@ -38,6 +40,15 @@ def pointwise_loss_fwd(input: Tensor, target: Tensor, weight: Tensor | None,
             grad_target.view(shape) if need_grad_target else grad_target)
 
 
+@torch.library.custom_op("fastgan::pointwise_loss_fwd", mutates_args=())
+def pointwise_loss_fwd(input: Tensor, target: Tensor, weight: Tensor | None,
+                       pos_weight: Tensor | None, loss: str, reduction: str,
+                       need_grad_input: bool, need_grad_target: bool
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward(input, target, weight, pos_weight, loss, reduction, need_grad_input,
+                    need_grad_target)
+
+
 @pointwise_loss_fwd.register_fake
 def _(input, target, weight, pos_weight, loss, reduction, need_grad_input, need_grad_target):
     dtype = torch.result_type(input, target)
@@ -52,8 +63,23 @@ def _(input, target, weight, pos_weight, loss, reduction, need_grad_input, need_
 register_saved_grad_autograd(pointwise_loss_fwd, "pointwise_loss", {0: 0, 1: 1})
 
 
-def _needs_grad(t: Tensor) -> bool:
-    return t.requires_grad and torch.is_grad_enabled()
+def _loss(input, target, weight, pos_weight, loss, reduction):
+    """The loss through the eager path or the registered op, with the gradients the
+    inputs need computed in the same pass."""
+    need_input = input.requires_grad and torch.is_grad_enabled()
+    need_target = target.requires_grad and torch.is_grad_enabled()
+    if not eager(input, target, weight, pos_weight):
+        return torch.ops.fastgan.pointwise_loss_fwd(input, target, weight, pos_weight, loss,
+                                                    reduction, need_input, need_target)[0]
+
+    def compute(input, target):
+        value, grad_input, grad_target = _forward(input, target, weight, pos_weight, loss,
+                                                  reduction, need_input, need_target)
+        return value, (grad_input if need_input else None, grad_target if need_target else None)
+
+    if need_input or need_target:
+        return LossWithSavedGrads.apply(loss, compute, input, target)
+    return compute(input, target)[0]
 
 
 def _check_pair(input, target, reduction):
@@ -76,9 +102,7 @@ def _bce_with_logits(input, target, weight=None, pos_weight=None, reduction="mea
             _checks.check_same_device("input", input, **{name: value})
             _checks.check_broadcastable(name, value, "input", input)
             _checks.check_no_grad(name, value, "bce_with_logits")
-    return torch.ops.fastgan.pointwise_loss_fwd(
-        input, target, weight, pos_weight, "bce_with_logits", reduction,
-        _needs_grad(input), _needs_grad(target))[0]
+    return _loss(input, target, weight, pos_weight, "bce_with_logits", reduction)
 
 
 define_public_op(
@@ -107,8 +131,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """F.mse_loss for same-shape input and target, with the gradient computed in the
     forward pass."""
     _check_pair(input, target, reduction)
-    return torch.ops.fastgan.pointwise_loss_fwd(
-        input, target, None, None, "mse", reduction, _needs_grad(input), _needs_grad(target))[0]
+    return _loss(input, target, None, None, "mse", reduction)
 
 
 define_public_op("mse_loss(Tensor input, Tensor target, str reduction='mean') -> Tensor",
