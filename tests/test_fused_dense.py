@@ -71,6 +71,19 @@ def test_only_requested_gradients(backend, needs):
     check_against_reference(x, weight, bias, "leaky_relu")
 
 
+@pytest.mark.parametrize("needs", ("x", "weight", "bias", "weight+bias"))
+def test_weight_gradient_split_over_rows(monkeypatch, needs):
+    # On a GPU a tall batch reduced into a small layer is split into row ranges whose
+    # partial dw / db are summed; force the split here so the interpreter checks it too.
+    monkeypatch.setenv("FASTGAN_BACKEND", "triton")
+    monkeypatch.setattr("fastgan.kernels.dense.m_splits", lambda rows, tiles, device: 3)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = randn((300, 20), torch.float32, device, requires_grad="x" in needs)
+    weight = randn((3, 20), torch.float32, device, requires_grad="weight" in needs)
+    bias = randn((3,), torch.float32, device, requires_grad="bias" in needs)
+    check_against_reference(x, weight, bias, "tanh")
+
+
 def test_empty_batch(backend):
     x = randn((0, 5), torch.float32, backend.device, requires_grad=True)
     weight = randn((3, 5), torch.float32, backend.device, requires_grad=True)

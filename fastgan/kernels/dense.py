@@ -11,6 +11,8 @@ for gelu. The activation and leaky_relu's slope are constexprs: each compiles to
 specialised kernel, and the slope stays exact in fp64 (a float argument would be fp32).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -156,37 +158,44 @@ def dense_dx_kernel(
 @triton.jit
 def dense_dw_kernel(
     g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr,
-    M, N, K,
+    M, N, K, rows_per_split,
     stride_gm, stride_gn, stride_xm, stride_xk,
     NEGATIVE_SLOPE: tl.constexpr, ACT: tl.constexpr, NEED_DW: tl.constexpr,
     NEED_DB: tl.constexpr,
     ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
 ):
-    pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K),
-                                 GROUP_N)
+    # Programs are (row split, output tile). With several splits each writes a partial
+    # dw / db for its rows, summed by the launcher: a wide batch reduced by a small layer
+    # (e.g. 256 -> 1 at batch 65536) would otherwise run on a handful of programs.
+    tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(K, BLOCK_K)
+    split = tl.program_id(0) // tiles
+    pid_n, pid_k = _grouped_tile(tl.program_id(0) % tiles, tl.cdiv(N, BLOCK_N),
+                                 tl.cdiv(K, BLOCK_K), GROUP_N)
     rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     rk = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
     rm = tl.arange(0, BLOCK_M)
+    m_start = split * rows_per_split
+    m_end = tl.minimum(M, m_start + rows_per_split)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC_DTYPE)
     db = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    for m0 in range(0, M, BLOCK_M):
+    for m0 in range(m_start, m_end, BLOCK_M):
         m = m0 + rm
-        dz_t = _dz_tile(g_ptr, s_ptr, m[None, :], rn[:, None], M, N, stride_gm, stride_gn,
+        dz_t = _dz_tile(g_ptr, s_ptr, m[None, :], rn[:, None], m_end, N, stride_gm, stride_gn,
                         NEGATIVE_SLOPE, ACT, ACC_DTYPE)  # [BLOCK_N, BLOCK_M]
         if NEED_DW:
             x = tl.load(x_ptr + m[:, None] * stride_xm + rk[None, :] * stride_xk,
-                        mask=(m[:, None] < M) & (rk[None, :] < K), other=0.0)
+                        mask=(m[:, None] < m_end) & (rk[None, :] < K), other=0.0)
             acc = _dot(dz_t.to(x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
         if NEED_DB:
             db += tl.sum(dz_t, axis=1)
     if NEED_DW:
-        tl.store(dw_ptr + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
-                 mask=(rn[:, None] < N) & (rk[None, :] < K))
+        tl.store(dw_ptr + split * N * K + rn[:, None] * K + rk[None, :],
+                 acc.to(dw_ptr.dtype.element_ty), mask=(rn[:, None] < N) & (rk[None, :] < K))
     if NEED_DB:
         # Every K-tile computes the same column sums; the first one writes them.
         if pid_k == 0:
-            tl.store(db_ptr + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
+            tl.store(db_ptr + split * N + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,12 +273,45 @@ def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, n
         )
     if need_dw or need_db:
         bn, bk, bm = _tiles(N, K, M)
-        k_tiles = triton.cdiv(K, bk) if need_dw else 1
-        dense_dw_kernel[(triton.cdiv(N, bn) * k_tiles,)](
-            grad_out, saved, x, dw, db, M, N, K,
+        # Without dw, one K-tile is enough: the kernel's K extent is then one block.
+        k_extent = K if need_dw else bk
+        tiles = triton.cdiv(N, bn) * triton.cdiv(k_extent, bk)
+        splits = m_splits(M, tiles, x.device)
+        rows_per_split = triton.cdiv(triton.cdiv(M, splits), bm) * bm
+        splits = triton.cdiv(M, rows_per_split)
+        if splits == 1:
+            dw_out, db_out = dw, db
+        else:  # fp32 partials, summed in a fixed order below
+            dw_out = x.new_empty((splits, N, K) if need_dw else (0,), dtype=_partial(x.dtype))
+            db_out = x.new_empty((splits, N) if need_db else (0,), dtype=_partial(x.dtype))
+        dense_dw_kernel[(splits * tiles,)](
+            grad_out, saved, x, dw_out, db_out, M, N, k_extent, rows_per_split,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
             NEGATIVE_SLOPE=_slope(activation, negative_slope), ACT=activation,
             NEED_DW=need_dw, NEED_DB=need_db, ACC_DTYPE=acc, INPUT_PRECISION=precision,
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, **_launch_kw(x.dtype),
         )
+        if splits > 1:
+            if need_dw:
+                dw = dw_out.sum(0).to(x.dtype)
+            if need_db:
+                db = db_out.sum(0).to(x.dtype)
     return dx, dw, db
+
+
+def m_splits(rows: int, tiles: int, device: torch.device) -> int:
+    """How many row ranges the weight-gradient kernel splits the batch into: enough to
+    give every SM about two programs, with at least 1024 rows each."""
+    if device.type != "cuda" or rows < 4096:
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(2 * _sm_count(index) // tiles, rows // 1024))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _partial(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
