@@ -16,6 +16,7 @@ import torch
 from fastgan.bench import ops as bench_ops
 from fastgan.ops._backend import backend_for
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -78,7 +79,7 @@ def run_bench_ops(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UsageError(f"--out: cannot create {str(args.out)!r}: {error.strerror}") from error
     bench_ops.run(device, DTYPES[args.dtype], args.batches, args.repeat_ms, args.quick,
-                  args.out, args.command_line)
+                  args.out, args.command_line, args.compile_mode)
     return 0
 
 
@@ -98,6 +99,9 @@ def add_bench(commands) -> None:
     ops.add_argument("--batches", type=batch_list, metavar="N,N,...",
                      help=f"batch sizes; default {_commas(bench_ops.DEFAULT_BATCHES['cuda'])} "
                           f"on cuda, {_commas(bench_ops.DEFAULT_BATCHES['cpu'])} on cpu")
+    ops.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+                     help="torch.compile mode of the compile baseline; default "
+                          "max-autotune-no-cudagraphs on CUDA, default on the CPU")
     ops.add_argument("--quick", action="store_true",
                      help="batches 64 and 256, one layer per activation, short timings")
     ops.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",

@@ -128,11 +128,14 @@ def _first_per_activation(layers: list[tuple[int, int, str]]) -> list[tuple[int,
     return list(first.values())
 
 
-def _compile_options(device: torch.device) -> dict:
-    # Static shapes, as in a training step. No CUDA graphs on CUDA: fastgan runs without.
-    if device.type == "cuda":
-        return {"mode": "max-autotune-no-cudagraphs", "dynamic": False}
-    return {"dynamic": False}
+# torch.compile's mode per device: the strongest baseline, autotuned GEMMs on CUDA (no
+# CUDA graphs: fastgan's ops run without them here). --compile-mode overrides it.
+DEFAULT_COMPILE_MODE = {"cuda": "max-autotune-no-cudagraphs", "cpu": "default"}
+
+
+def _compile_options(device: torch.device, mode: str | None) -> dict:
+    # Static shapes, as in a training step.
+    return {"mode": mode or DEFAULT_COMPILE_MODE[device.type], "dynamic": False}
 
 
 def _forward_backward(fn: Callable[..., Tensor], case: Case) -> tuple[Tensor, tuple[Tensor]]:
@@ -156,11 +159,12 @@ def _check_close(result, reference, dtype: torch.dtype) -> None:
             msg=lambda message, name=name: f"{name}: {message}")
 
 
-def _measure(case: Case, device: torch.device, dtype: torch.dtype, repeat_ms: float) -> dict:
+def _measure(case: Case, device: torch.device, dtype: torch.dtype, repeat_ms: float,
+             compile_options: dict) -> dict:
     torch._dynamo.reset()  # compile each case afresh: no recompile limit, no dynamic shapes
     variants = {
         "eager": case.eager,
-        "compile": torch.compile(case.eager, **_compile_options(device)),
+        "compile": torch.compile(case.eager, **compile_options),
         "fastgan": case.fastgan,
     }
     row = {"op": case.op, "shape": case.shape, "batch": case.batch}
@@ -224,7 +228,8 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def run(device: torch.device, dtype: torch.dtype, batches: list[int] | None,
-        repeat_ms: float | None, quick: bool, out_dir: Path, command: str) -> Path:
+        repeat_ms: float | None, quick: bool, out_dir: Path, command: str,
+        compile_mode: str | None = None) -> Path:
     """Benchmarks every case, prints the table and writes the JSON report; returns its path.
     batches and repeat_ms default by device, or to short ones with quick."""
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES[device.type])
@@ -235,7 +240,7 @@ def run(device: torch.device, dtype: torch.dtype, batches: list[int] | None,
 
     report = new_report("ops", device, dtype, command)
     report.update(batches=batches, repeat_ms=repeat_ms, quick=quick,
-                  compile_options=_compile_options(device), rows=[])
+                  compile_options=_compile_options(device, compile_mode), rows=[])
     path = report_path(out_dir, report)
     total = len(builders) * len(batches)
     print(f"{report['device']}, {report['dtype']}, fastgan backend {report['fastgan_backend']}")
@@ -246,7 +251,8 @@ def run(device: torch.device, dtype: torch.dtype, batches: list[int] | None,
             case = build(batch, device, dtype)
             _show_progress(f"[{len(report['rows']) + 1}/{total}] {case.op} {case.shape} "
                            f"b={batch}")
-            report["rows"].append(_measure(case, device, dtype, repeat_ms))
+            report["rows"].append(_measure(case, device, dtype, repeat_ms,
+                                           report["compile_options"]))
             write_report(path, report)  # after every case: a run cut short keeps its rows
             _show_progress("")
             print(_table_row(report["rows"][-1]), flush=True)
