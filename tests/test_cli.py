@@ -45,7 +45,8 @@ def test_bench_records_a_wrong_result_instead_of_timing_it():
     case = bench_ops._loss_case("mse_loss", 64, cpu, torch.float32)
     broken = dataclasses.replace(case, fastgan=lambda *args: 2 * case.fastgan(*args))
 
-    row = bench_ops._measure(broken, cpu, torch.float32, repeat_ms=1.0)
+    row = bench_ops._measure(broken, cpu, torch.float32, repeat_ms=1.0,
+                             compile_options={"mode": "default", "dynamic": False})
 
     assert row["fastgan_ms"] is None and row["fastgan_vs_eager"] is None
     assert row["errors"]["fastgan"].startswith("AssertionError: output: ")
