@@ -52,10 +52,6 @@ void dispatch_activation(int64_t code, F&& f) {
   TORCH_CHECK(false, "fastgan_cpu: unknown activation code ", code);
 }
 
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
 
 // log1p(e) for e in [0, 1] through log, which glibc computes several times faster than log1p:
 // u - 1 is exact and e / (u - 1) corrects the rounding of u = 1 + e (Goldberg, 1991).
@@ -103,6 +99,13 @@ inline float log1p_unit(float e) {
 }
 
 inline double exp_nonpositive(double y) { return std::exp(y); }
+
+// 1 / (1 + exp(-x)) through exp(-|x|), which never overflows and, for float, vectorizes.
+template <typename T>
+inline T sigmoid(T x) {
+  const T e = exp_nonpositive(-std::abs(x));
+  return (x >= T(0) ? T(1) : e) / (T(1) + e);
+}
 
 // The transcendental part of BCE-with-logits for a run of logits: e = exp(-|x|) and
 // softplus = log1p(e). A separate loop over plain arrays, so the compiler vectorizes it.
