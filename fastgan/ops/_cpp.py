@@ -15,6 +15,7 @@ import sysconfig
 import threading
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -56,11 +57,18 @@ def require() -> None:
         raise RuntimeError(f"fastgan: C++ CPU kernels unavailable: {_reason(_error)}") from _error
 
 
-def ops():
-    """The torch.ops.fastgan_cpu namespace: dense_fwd, dense_bwd, pointwise_loss_fwd,
-    gan_loss_fwd."""
+def ops() -> SimpleNamespace:
+    """The C++ ops: the backend interface (dense_fwd, dense_bwd, pointwise_loss_fwd,
+    gan_loss_fwd) and, as <op>_autograd, the eager ops whose backward also runs in C++
+    (fused_dense, pointwise_loss, gan_loss). Each is the op's default overload, the
+    cheapest to call."""
     require()
-    return torch.ops.fastgan_cpu
+    cpu = torch.ops.fastgan_cpu
+    interface = {name: getattr(cpu, name).default for name in (
+        "dense_fwd", "dense_bwd", "pointwise_loss_fwd", "gan_loss_fwd")}
+    autograd = {f"{name}_autograd": getattr(cpu, name).default for name in (
+        "fused_dense", "pointwise_loss", "gan_loss")}
+    return SimpleNamespace(**interface, **autograd)
 
 
 def _disabled() -> bool:

@@ -160,6 +160,10 @@ def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     """
     _check_args(x, weight, bias, activation, negative_slope)
     if eager(x, weight, bias):
+        impl = implementation(x.device)
+        if hasattr(impl, "fused_dense_autograd"):  # the C++ kernels differentiate in C++ too
+            return impl.fused_dense_autograd(x, weight, bias, ACTIVATION_CODES[activation],
+                                    float(negative_slope))
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, weight, bias)):
             return _FusedDense.apply(x, weight, bias, activation, float(negative_slope))
