@@ -212,6 +212,27 @@ double sum_in_order(const std::vector<double>& partials) {
   return total;
 }
 
+// Sum of n values in double with eight running sums: the adds overlap (and vectorize) instead of
+// each waiting on the one before, and the order is fixed, so the result is too.
+template <typename T>
+double sum_in_lanes(const T* values, int64_t n) {
+  double lanes[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int k = 0; k < 8; ++k) {
+      lanes[k] += static_cast<double>(values[i + k]);
+    }
+  }
+  double total = 0;
+  for (; i < n; ++i) {
+    total += static_cast<double>(values[i]);
+  }
+  for (const double lane : lanes) {
+    total += lane;
+  }
+  return total;
+}
+
 at::Tensor empty_result(const at::Tensor& like) {
   return at::empty({0}, like.options());
 }
@@ -456,7 +477,7 @@ double loss_pass(const Operand<T>& x, const Operand<T>& target, const Operand<T>
   parallel_pieces(n, pieces, [&](int p, int64_t begin, int64_t end) {
     double piece_sum = 0;
     for_row_segments(begin, end, cols, [&](int64_t r, int64_t seg_begin, int64_t seg_end) {
-     T xs[kLogitChunk], es[kLogitChunk], softplus[kLogitChunk];
+     T xs[kLogitChunk], es[kLogitChunk], softplus[kLogitChunk], losses[kLogitChunk];
      for (int64_t c0 = seg_begin; c0 < seg_end; c0 += kLogitChunk) {
       const int64_t chunk = std::min(kLogitChunk, seg_end - c0);
       for (int64_t j = 0; j < chunk; ++j) {
@@ -505,10 +526,13 @@ double loss_pass(const Operand<T>& x, const Operand<T>& target, const Operand<T>
         if (value != nullptr) {
           value[i] = loss;
         } else {
-          piece_sum += loss;
+          losses[j] = loss;
         }
         if (need_gx) grad_input[i] = gx;
         if (need_gt) grad_target[i] = gt;
+      }
+      if (value == nullptr) {
+        piece_sum += sum_in_lanes(losses, chunk);
       }
      }
     });
@@ -604,7 +628,7 @@ double mean_bce(const at::Tensor& x, double target, scalar_t* grad) {
   std::vector<double> partial(pieces, 0.0);
   parallel_pieces(n, pieces, [&](int p, int64_t begin, int64_t end) {
     double sum = 0;
-    acc_t xs[kLogitChunk], es[kLogitChunk], softplus[kLogitChunk];
+    acc_t xs[kLogitChunk], es[kLogitChunk], softplus[kLogitChunk], losses[kLogitChunk];
     for (int64_t i0 = begin; i0 < end; i0 += kLogitChunk) {
       const int64_t chunk = std::min(kLogitChunk, end - i0);
       for (int64_t j = 0; j < chunk; ++j) {
@@ -613,11 +637,12 @@ double mean_bce(const at::Tensor& x, double target, scalar_t* grad) {
       logit_exp_terms(xs, chunk, es, softplus);
       for (int64_t j = 0; j < chunk; ++j) {
         const Logit<acc_t> logit{xs[j], es[j], softplus[j]};
-        sum += (acc_t(1) - t) * logit.x - logit.log_sigmoid();
+        losses[j] = (acc_t(1) - t) * logit.x - logit.log_sigmoid();
         if (grad != nullptr) {
           grad[i0 + j] = static_cast<scalar_t>((logit.sigmoid() - t) * grad_scale);
         }
       }
+      sum += sum_in_lanes(losses, chunk);
     }
     partial[p] = sum;
   });
