@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from fastgan.kernels import _math
+from fastgan.ops._backend import result_dtype
 
 _BLOCK = 1024
 
@@ -50,7 +51,7 @@ def gan_loss_kernel(
 
 
 def gan_loss_fwd(a, target_a, b, target_b, need_grad_a, need_grad_b):
-    out_dtype = a.dtype if b is None else torch.promote_types(a.dtype, b.dtype)
+    out_dtype = result_dtype(a, b)
     loss = torch.empty((), device=a.device, dtype=out_dtype)
     grad_a = torch.empty(a.shape if need_grad_a else (0,), device=a.device, dtype=a.dtype)
     has_b = b is not None

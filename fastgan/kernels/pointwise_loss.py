@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from fastgan.kernels import _math
+from fastgan.ops._backend import result_dtype
 
 _BLOCK = 1024
 _ONE_PROGRAM_MAX = 16 * _BLOCK  # up to this size one program reduces in a fixed order
@@ -83,10 +84,7 @@ def _num_programs(numel: int) -> int:
 
 def pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction, need_grad_input,
                        need_grad_target):
-    out_dtype = torch.result_type(input, target)
-    for extra in (weight, pos_weight):
-        if extra is not None:
-            out_dtype = torch.promote_types(out_dtype, extra.dtype)
+    out_dtype = result_dtype(input, target, weight, pos_weight)
     acc = tl.float64 if out_dtype == torch.float64 else tl.float32
     numel = input.numel()
     R, C = input.shape

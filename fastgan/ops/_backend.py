@@ -61,6 +61,15 @@ def backend_for(device: torch.device) -> str:
     return "torch"
 
 
+def result_dtype(*tensors) -> torch.dtype:
+    """The dtype of a loss over these tensors (None skipped), promoted as torch does."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 accumulation for 16- and 32-bit inputs, fp64 for fp64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32

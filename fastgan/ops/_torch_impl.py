@@ -23,7 +23,7 @@ the readable statement of what the kernels compute.
 import torch
 import torch.nn.functional as F
 
-from fastgan.ops._backend import accumulate_dtype
+from fastgan.ops._backend import accumulate_dtype, result_dtype
 from fastgan.ops.codes import ACTIVATIONS, LOSSES, REDUCTIONS
 
 _EMPTY = (0,)
@@ -113,10 +113,7 @@ def _mul(g, scale):
 
 def pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction, need_grad_input,
                        need_grad_target):
-    out_dtype = torch.result_type(input, target)
-    for extra in (weight, pos_weight):
-        if extra is not None:
-            out_dtype = torch.promote_types(out_dtype, extra.dtype)
+    out_dtype = result_dtype(input, target, weight, pos_weight)
     acc = accumulate_dtype(out_dtype)
     x, t = input.to(acc), target.to(acc)
     # The mean of nothing is NaN, as in torch.
@@ -149,10 +146,8 @@ def _mean_bce(x, target, need_grad):
 
 def gan_loss_fwd(a, target_a, b, target_b, need_grad_a, need_grad_b):
     loss, grad_a = _mean_bce(a, target_a, need_grad_a)
-    out_dtype = a.dtype
     grad_b = _empty_like(a)
     if b is not None:
         loss_b, grad_b = _mean_bce(b, target_b, need_grad_b)
         loss = loss + loss_b
-        out_dtype = torch.promote_types(a.dtype, b.dtype)
-    return loss.to(out_dtype), grad_a, grad_b
+    return loss.to(result_dtype(a, b)), grad_a, grad_b

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from fastgan.ops import _checks
-from fastgan.ops._backend import implementation
+from fastgan.ops._backend import implementation, result_dtype
 from fastgan.ops._library import (
     LossWithSavedGrads,
     define_public_op,
@@ -38,9 +38,9 @@ def gan_loss_fwd(a: Tensor, target_a: float, b: Tensor | None, target_b: float,
 
 @gan_loss_fwd.register_fake
 def _(a, target_a, b, target_b, need_grad_a, need_grad_b):
-    dtype = a.dtype if b is None else torch.promote_types(a.dtype, b.dtype)
     grad_b = b.new_empty(b.shape) if need_grad_b and b is not None else a.new_empty((0,))
-    return a.new_empty((), dtype=dtype), a.new_empty(a.shape if need_grad_a else (0,)), grad_b
+    return (a.new_empty((), dtype=result_dtype(a, b)),
+            a.new_empty(a.shape if need_grad_a else (0,)), grad_b)
 
 
 register_saved_grad_autograd(gan_loss_fwd, "gan_loss", {0: 0, 2: 1})

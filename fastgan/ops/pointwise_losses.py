@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.nn import _reduction
 
 from fastgan.ops import _checks
-from fastgan.ops._backend import implementation
+from fastgan.ops._backend import implementation, result_dtype
 from fastgan.ops._library import (
     LossWithSavedGrads,
     define_public_op,
@@ -51,11 +51,8 @@ def pointwise_loss_fwd(input: Tensor, target: Tensor, weight: Tensor | None,
 
 @pointwise_loss_fwd.register_fake
 def _(input, target, weight, pos_weight, loss, reduction, need_grad_input, need_grad_target):
-    dtype = torch.result_type(input, target)
-    for extra in (weight, pos_weight):
-        if extra is not None:
-            dtype = torch.promote_types(dtype, extra.dtype)
-    value = input.new_empty(input.shape if reduction == "none" else (), dtype=dtype)
+    value = input.new_empty(input.shape if reduction == "none" else (),
+                            dtype=result_dtype(input, target, weight, pos_weight))
     return (value, input.new_empty(input.shape if need_grad_input else (0,)),
             target.new_empty(target.shape if need_grad_target else (0,)))
 
