@@ -159,17 +159,16 @@ def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     F.gelu). negative_slope is leaky_relu's slope and must be >= 0.
     """
     _check_args(x, weight, bias, activation, negative_slope)
-    if eager(x, weight, bias):
-        impl = implementation(x.device)
-        if hasattr(impl, "fused_dense_autograd"):  # the C++ kernels differentiate in C++ too
-            return impl.fused_dense_autograd(x, weight, bias, ACTIVATION_CODES[activation],
-                                    float(negative_slope))
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x, weight, bias)):
-            return _FusedDense.apply(x, weight, bias, activation, float(negative_slope))
-        return _forward(x, weight, bias, activation, float(negative_slope))[0]
-    return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation,
-                                             float(negative_slope))[0]
+    slope = float(negative_slope)
+    if not eager(x, weight, bias):
+        return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation, slope)[0]
+    impl = implementation(x.device)
+    if hasattr(impl, "fused_dense_autograd"):  # the C++ kernels differentiate in C++ too
+        return impl.fused_dense_autograd(x, weight, bias, ACTIVATION_CODES[activation], slope)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, weight, bias)):
+        return _FusedDense.apply(x, weight, bias, activation, slope)
+    return _forward(x, weight, bias, activation, slope)[0]
 
 
 # torch.ops.fastgan.fused_dense is this same function, registered with the dispatcher.

@@ -70,8 +70,8 @@ def _loss(input, target, weight, pos_weight, loss, reduction):
                                                     reduction, need_input, need_target)[0]
     impl = implementation(input.device)
     if hasattr(impl, "pointwise_loss_autograd"):  # the C++ kernels differentiate in C++ too
-        return impl.pointwise_loss_autograd(input, target, weight, pos_weight, LOSSES.index(loss),
-                                   REDUCTIONS.index(reduction))
+        return impl.pointwise_loss_autograd(input, target, weight, pos_weight,
+                                            LOSSES.index(loss), REDUCTIONS.index(reduction))
 
     def compute(input, target):
         value, grad_input, grad_target = _forward(input, target, weight, pos_weight, loss,
