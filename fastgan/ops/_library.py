@@ -6,9 +6,10 @@ Each op is reachable three ways, all running the same backend calls:
   computed in the forward pass). torch.compile, export and fake-tensor tracing see these.
 - the public `fastgan::<op>`, a CompositeImplicitAutograd op with the PyTorch-style
   signature: the Python API function itself, registered with the dispatcher.
-- in plain eager mode the Python API skips the dispatcher and runs an autograd.Function
-  that calls the backend directly: custom_op's Python layers cost ~20 µs a call, several
-  times a small kernel (see fastgan bench ops).
+- in plain eager mode the Python API skips the dispatcher: custom_op's Python layers cost
+  ~20 µs a call, several times a small kernel. The C++ backend brings its own autograd ops
+  (forward and backward in C++); the others run an autograd.Function that calls the
+  backend directly.
 """
 
 import torch
