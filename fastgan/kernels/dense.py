@@ -180,7 +180,7 @@ def dense_dw_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC_DTYPE)
     db = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
     for m0 in range(m_start, m_end, BLOCK_M):
-        m = m0 + rm
+        m = (m0 + rm).to(tl.int64)
         dz_t = _dz_tile(g_ptr, s_ptr, m[None, :], rn[:, None], m_end, N, stride_gm, stride_gn,
                         NEGATIVE_SLOPE, ACT, ACC_DTYPE)  # [BLOCK_N, BLOCK_M]
         if NEED_DW:
