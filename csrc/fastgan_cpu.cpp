@@ -541,6 +541,47 @@ double loss_pass(const Operand<T>& x, const Operand<T>& target, const Operand<T>
   return sum_in_order(partial);
 }
 
+// The MSE over contiguous operands: plain unit-stride loops over restrict pointers, which the
+// compiler vectorizes (the general pass above reads through strides and cannot).
+template <typename T>
+double mse_contiguous(const T* __restrict x, const T* __restrict target, int64_t n, T two_scale,
+                      T* __restrict value, T* __restrict grad_input, T* __restrict grad_target) {
+  const int pieces = num_pieces(n);
+  std::vector<double> partial(pieces, 0.0);
+  parallel_pieces(n, pieces, [&](int p, int64_t begin, int64_t end) {
+    double piece_sum = 0;
+    T squares[kLogitChunk];
+    for (int64_t c0 = begin; c0 < end; c0 += kLogitChunk) {
+      const int64_t chunk = std::min(kLogitChunk, end - c0);
+      const T* xs = x + c0;
+      const T* ts = target + c0;
+      for (int64_t j = 0; j < chunk; ++j) {
+        const T diff = xs[j] - ts[j];
+        squares[j] = diff * diff;
+      }
+      if (value != nullptr) {
+        std::copy(squares, squares + chunk, value + c0);
+      } else {
+        piece_sum += sum_in_lanes(squares, chunk);
+      }
+      if (grad_input != nullptr) {
+        T* g = grad_input + c0;
+        for (int64_t j = 0; j < chunk; ++j) {
+          g[j] = two_scale * (xs[j] - ts[j]);
+        }
+      }
+      if (grad_target != nullptr) {
+        T* g = grad_target + c0;
+        for (int64_t j = 0; j < chunk; ++j) {
+          g[j] = two_scale * (ts[j] - xs[j]);
+        }
+      }
+    }
+    partial[p] = piece_sum;
+  });
+  return sum_in_order(partial);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_fwd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& pos_weight, int64_t loss, int64_t reduction,
@@ -581,7 +622,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_fwd(
   // All operands contiguous: walk them as one long row, so (batch, 1) logits are long runs
   // rather than a row segment per element.
   const auto contiguous = [](const at::Tensor& o) { return !o.defined() || o.is_contiguous(); };
-  if (contiguous(x) && contiguous(t) && contiguous(w) && contiguous(pw)) {
+  const bool flat = contiguous(x) && contiguous(t) && contiguous(w) && contiguous(pw);
+  if (flat) {
     for (at::Tensor* o : {&x, &t, &w, &pw}) {
       if (o->defined()) *o = o->view({1, rows * cols});
     }
@@ -597,11 +639,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_loss_fwd(
     const auto ptr = [](at::Tensor& out) {
       return out.defined() ? out.data_ptr<scalar_t>() : nullptr;
     };
-    const Operand<scalar_t> xo(x), to(t), wo(w), pwo(pw);
-    const auto pass = is_bce ? loss_pass<Loss::bce_with_logits, scalar_t>
-                             : loss_pass<Loss::mse, scalar_t>;
-    const double total = pass(xo, to, wo, pwo, x.size(0), x.size(1), reduce_scale,
-                              ptr(value), ptr(grad_input), ptr(grad_target));
+    double total;
+    if (!is_bce && flat) {
+      total = mse_contiguous<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(),
+                                       rows * cols, static_cast<scalar_t>(2.0 * reduce_scale),
+                                       ptr(value), ptr(grad_input), ptr(grad_target));
+    } else {
+      const Operand<scalar_t> xo(x), to(t), wo(w), pwo(pw);
+      const auto pass = is_bce ? loss_pass<Loss::bce_with_logits, scalar_t>
+                               : loss_pass<Loss::mse, scalar_t>;
+      total = pass(xo, to, wo, pwo, x.size(0), x.size(1), reduce_scale, ptr(value),
+                   ptr(grad_input), ptr(grad_target));
+    }
     if (reduce) {
       value = at::scalar_tensor(total * reduce_scale, acc_options);
     }
@@ -750,8 +799,13 @@ at::Tensor fused_dense(const at::Tensor& x, const at::Tensor& weight,
   return FusedDense::apply(x, weight, bias, activation, negative_slope);
 }
 
-// A loss whose gradients were computed by its forward pass: the backward scales them.
+// A loss whose gradients were computed by its forward pass: the backward scales them. The usual
+// loss.backward() passes a gradient of exactly 1, and then the saved gradient is the answer as it
+// is, with no pass over it (reading a CPU scalar costs no device sync).
 at::Tensor scale_saved_grad(const at::Tensor& grad_loss, const at::Tensor& saved_grad) {
+  if (grad_loss.numel() == 1 && grad_loss.item<double>() == 1.0) {
+    return saved_grad;
+  }
   return (grad_loss * saved_grad).to(saved_grad.scalar_type());
 }
 

@@ -271,3 +271,18 @@ def test_pointwise_losses_refuse_bad_input(monkeypatch, call, error, match):
 ])
 def test_gan_losses_refuse_bad_input(monkeypatch, call, error, match):
     _refuse(monkeypatch, "fastgan.ops.gan_losses", call, error, match)
+
+
+def test_losses_backward_twice_with_retained_graph_accumulates(backend):
+    # The backward may hand the saved gradient itself to autograd; a second backward over
+    # the same graph must still add, not alias.
+    x = randn((16, 5), torch.float32, backend.device, requires_grad=True)
+    target = torch.rand(16, 5, device=backend.device)
+    real = randn((16, 1), torch.float32, backend.device, requires_grad=True)
+    for loss in (ops.mse_loss(x, target), ops.bce_with_logits(x, target),
+                 ops.gan_d_loss(real, x[:, :1], 0.9)):
+        x.grad = real.grad = None
+        loss.backward(retain_graph=True)
+        first = x.grad.clone()
+        loss.backward()
+        assert_close(x.grad, 2 * first.double(), torch.float32)
