@@ -24,8 +24,9 @@ def define_public_op(schema: str, fn) -> None:
 
 
 def eager(*tensors) -> bool:
-    """True when the direct autograd.Function path may run: not under torch.compile, no
-    dispatch mode (fake tensors, make_fx, functionalization) active, no tensor subclasses."""
+    """True when the direct eager path (C++ autograd op or autograd.Function) may run: not
+    under torch.compile, no dispatch mode (fake tensors, make_fx, functionalization)
+    active, no tensor subclasses."""
     return (not torch.compiler.is_compiling()
             and torch._C._len_torch_dispatch_stack() == 0
             and all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors))
