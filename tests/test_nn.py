@@ -47,3 +47,17 @@ def test_dtype_and_device_arguments():
     layer = FusedLinear(4, 3, dtype=torch.float64, device="cpu")
     assert layer.weight.dtype == torch.float64
     assert layer(torch.randn(2, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_autocast_computes_in_the_autocast_dtype_like_linear(backend):
+    linear = nn.Linear(12, 5).to(backend.device)
+    fused = FusedLinear(12, 5).to(backend.device)
+    fused.load_state_dict(linear.state_dict())
+    x = torch.randn(7, 12, device=backend.device)
+    with torch.autocast(backend.device.type, dtype=torch.bfloat16):
+        expected, out = linear(x), fused(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert_close(out, reference.fused_dense(x.double(), linear.weight.double(),
+                                            linear.bias.double(), "none", 0.0), torch.bfloat16)
+    out.float().sum().backward()
+    assert fused.weight.grad.dtype == torch.float32

@@ -151,13 +151,22 @@ def _check_args(x, weight, bias, activation, negative_slope):
                          f"sign of the saved output), got {negative_slope}")
 
 
+def _autocast(device_type, *tensors):
+    dtype = torch.get_autocast_dtype(device_type)
+    return (t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+            for t in tensors)
+
+
 def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
                 activation: str = "none", negative_slope: float = 0.01) -> Tensor:
     """act(F.linear(x, weight, bias)) in one fused kernel, forward and backward.
 
     activation: "none", "relu", "leaky_relu", "tanh", "sigmoid" or "gelu" (exact, as
-    F.gelu). negative_slope is leaky_relu's slope and must be >= 0.
+    F.gelu). negative_slope is leaky_relu's slope and must be >= 0. Under autocast it
+    computes in the autocast dtype, as F.linear does.
     """
+    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+        x, weight, bias = _autocast(x.device.type, x, weight, bias)
     _check_args(x, weight, bias, activation, negative_slope)
     slope = float(negative_slope)
     if not eager(x, weight, bias):
