@@ -19,6 +19,8 @@ from types import SimpleNamespace
 
 import torch
 
+from fastgan.files import cache_dir
+
 NAME = "fastgan_cpu"
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "fastgan_cpu.cpp"
 CFLAGS = ["-O3", "-fopenmp", "-march=native"]
@@ -97,7 +99,7 @@ def _build_dir(source_text: str) -> Path:
         cpu += platform.processor()
     key = "\0".join([source_text, *CFLAGS, *LDFLAGS, cpu, sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("FASTGAN_CACHE_DIR") or Path.home() / ".cache" / "fastgan")
+    root = cache_dir()
     return root / f"{NAME}-torch{torch.__version__}-{digest}"
 
 
