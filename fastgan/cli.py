@@ -1,5 +1,8 @@
 """The `fastgan` command line.
 
+    fastgan train [options]        train a run (default: latent-cgan on the packaged MNIST)
+    fastgan sample --run DIR ...   samples of a trained run, as .png or .npy
+    fastgan eval --run DIR         a trained run's held-out metrics
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
 
 Each command is a subparser whose `run` default takes the parsed arguments and returns the
@@ -7,14 +10,23 @@ exit status. Bad input gives one line on stderr, `fastgan: error: ...`, and exit
 """
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 import torch
 
+from fastgan import api, checkpoint, config
 from fastgan.bench import ops as bench_ops
+from fastgan.data import DataError, load_dataset
+from fastgan.evaluate import Evaluator
 from fastgan.ops._backend import backend_for
+from fastgan.samples import save_samples
+from fastgan.train import SetupError, resolve_device, train
+
+# Errors that are the user's input, reported in one line with exit status 2.
+INPUT_ERRORS = (config.ConfigError, DataError, SetupError, checkpoint.CheckpointError)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,7 +47,7 @@ class Parser(argparse.ArgumentParser):
 # Argument types: each turns one flag's text into a value or explains what it expected.
 
 
-def batch_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     try:
         batches = [int(part) for part in text.split(",")]
     except ValueError:
@@ -46,22 +58,23 @@ def batch_list(text: str) -> list[int]:
     return batches
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def number(kind: type, accept, expected: str):
+    """An argparse type: text -> kind, or a message saying what was expected."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available to torch")
-    return torch.device(name)
+positive_int = number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = number(int, lambda v: v >= 0, "an integer >= 0")
+fraction = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,6 +96,119 @@ def run_bench_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    flags = {name: value for name, value in vars(args).items() if name in config.FIELDS}
+    for name in ("dataset", "data_dir"):  # paths, made absolute so config.json stays valid
+        if name in flags and flags[name] not in (None, "mnist", "ring", "grid"):
+            flags[name] = str(Path(flags[name]).resolve())
+    if args.resume and args.out is None:
+        raise SetupError("--resume: pass --out DIR, the run to continue")
+    saved = args.out / "config.json" if args.out else None
+    base = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
+    file_values = config.read_toml(args.config) if args.config else {}
+    run_config = config.build({**base, **file_values}, flags)
+    summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
+    headline = {k: v for k, v in summary["metrics"].items()
+                if k in ("recon_mse", "pca_mse", "cond_accuracy", "fd", "fd_data",
+                         "modes_captured", "high_quality")}
+    print(f"fastgan: wrote {summary['out']}: "
+          + ", ".join(f"{k} {v:.4g}" for k, v in headline.items())
+          + f", {summary['samples_per_s'] or 0:,.0f} samples/s")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    if args.out.suffix not in (".png", ".npy"):
+        raise SetupError(f"--out: expected a file name ending in .png or .npy, got {args.out}")
+    run = api.load(args.run_dir, args.checkpoint)
+    try:
+        generator = torch.Generator().manual_seed(args.seed)
+        samples = run.sample(args.n, args.label, generator)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    save_samples(samples, args.out, run.units.image_shape)
+    print(f"fastgan: wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    run = api.load(args.run_dir, args.checkpoint)
+    c = run.config
+    data = load_dataset(c.dataset, c.data_dir and Path(c.data_dir), seed=c.seed)
+    print(json.dumps(Evaluator(data, c)(run, seed=args.seed), indent=2))
+    return 0
+
+
+def add_train(commands) -> None:
+    train_cmd = commands.add_parser(
+        "train", help="train an autoencoder, a conditional GAN, or both (latent-cgan)",
+        argument_default=argparse.SUPPRESS,
+        description="Flags override --config FILE.toml, which overrides the defaults.")
+    add = train_cmd.add_argument
+    add("--mode", choices=config.MODES,
+        help="ae, cgan or latent-cgan (default: latent-cgan; cgan on ring and grid)")
+    add("--dataset", metavar="NAME|PATH",
+        help="mnist (default, packaged), ring, grid, or a .npy/.npz/.csv file")
+    add("--data-dir", metavar="DIR", help="a directory of IDX files (e.g. full MNIST)")
+    add("--unconditional", action="store_true", help="ignore the labels")
+    add("--clusters", type=non_negative_int, metavar="K",
+        help="without labels, condition on K k-means clusters of the data (self-conditioned "
+             "GAN); 0 turns it off (default: 50 on ring and grid, else 0)")
+    add("--steps", type=positive_int, help="optimizer steps of the whole run")
+    add("--epochs", type=positive_float, help="passes over the training split; sets --steps")
+    add("--ae-steps", type=positive_int, help="latent-cgan: steps of the autoencoder phase")
+    add("--batch-size", type=positive_int)
+    add("--lr", type=positive_float, help="G and D learning rate (default 2e-4)")
+    add("--lr-g", type=positive_float)
+    add("--lr-d", type=positive_float)
+    add("--lr-ae", type=positive_float, help="autoencoder learning rate (default 1e-3)")
+    add("--latent-dim", type=positive_int)
+    add("--noise-dim", type=positive_int)
+    for model in ("ae", "g", "d"):
+        add(f"--{model}-hidden", type=int_list, metavar="N,N,...",
+            help="hidden layer widths" + (" of the encoder (the decoder mirrors it)"
+                                           if model == "ae" else ""))
+    add("--pack", type=positive_int, help="D judges this many samples at once (PacGAN)")
+    add("--label-smoothing", type=fraction, help="one-sided: D's real target is 1 - this")
+    add("--ema-decay", type=fraction)
+    add("--augment", type=fraction,
+        help="latent-cgan: share of real batches replaced by AE interpolations")
+    add("--finetune-decoder", action="store_true",
+        help="latent-cgan: train the decoder with G in the GAN phase")
+    add("--device", choices=config.DEVICES)
+    add("--precision", choices=config.PRECISIONS, help="bf16: autocast, fp32 weights")
+    add("--seed", type=non_negative_int)
+    add("--log-every", type=positive_int)
+    add("--eval-every", type=positive_int)
+    add("--checkpoint-every", type=positive_int, metavar="N", help="steps between last.pt")
+    add("--config", type=Path, default=None, metavar="FILE.toml")
+    add("--out", type=Path, default=None, metavar="DIR",
+        help="the run directory (default: runs/<dataset>-<mode>-<time>)")
+    add("--resume", action="store_true", default=False,
+        help="continue the run in --out from its last checkpoint")
+    add("--overwrite", action="store_true", default=False,
+        help="replace the run in --out")
+    train_cmd.set_defaults(run=run_train)
+
+
+def add_run_commands(commands) -> None:
+    sample = commands.add_parser("sample", help="samples of a trained run")
+    sample.add_argument("--run", type=Path, required=True, metavar="DIR", dest="run_dir")
+    sample.add_argument("--n", type=positive_int, default=100)
+    sample.add_argument("--label", type=non_negative_int, help="one class for all samples "
+                        "(default: cycle through the classes)")
+    sample.add_argument("--out", type=Path, required=True, metavar="FILE.png|FILE.npy")
+    sample.add_argument("--seed", type=non_negative_int, default=0)
+    sample.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    sample.set_defaults(run=run_sample)
+
+    evaluate = commands.add_parser("eval", help="a trained run's held-out metrics, as JSON")
+    evaluate.add_argument("--run", type=Path, required=True, metavar="DIR", dest="run_dir")
+    evaluate.add_argument("--seed", type=non_negative_int, default=0)
+    evaluate.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    evaluate.set_defaults(run=run_eval)
+
+
 def _commas(numbers: list[int]) -> str:
     return ",".join(map(str, numbers))
 
@@ -96,7 +222,7 @@ def add_bench(commands) -> None:
     ops.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="default: cuda when a GPU is available, else cpu")
     ops.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    ops.add_argument("--batches", type=batch_list, metavar="N,N,...",
+    ops.add_argument("--batches", type=int_list, metavar="N,N,...",
                      help=f"batch sizes; default {_commas(bench_ops.DEFAULT_BATCHES['cuda'])} "
                           f"on cuda, {_commas(bench_ops.DEFAULT_BATCHES['cpu'])} on cpu")
     ops.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
@@ -118,6 +244,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="fastgan", description="Fused ops and a fast trainer for "
                                                 "autoencoders and conditional GANs.")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    add_train(commands)
+    add_run_commands(commands)
     add_bench(commands)
     return parser
 
@@ -128,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.command_line = shlex.join(["fastgan", *argv])
         return args.run(args)
-    except UsageError as error:
+    except (UsageError, *INPUT_ERRORS) as error:
         print(f"fastgan: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

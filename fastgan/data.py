@@ -122,6 +122,29 @@ def load_dataset(dataset: str = "mnist", data_dir: Path | None = None, seed: int
     return _build(path.name, str(path), x, y)
 
 
+def kmeans_labels(x: Tensor, k: int, seed: int, iterations: int = 25) -> Tensor:
+    """Cluster indices of x's rows by k-means (k-means++ seeding, Lloyd iterations), for
+    self-conditioning a GAN on data without labels (Liu et al. 2020, "Diverse image
+    generation via self-conditioned GANs"). Deterministic for a seed; leaves the global RNG
+    alone."""
+    if not 1 <= k <= len(x):
+        raise DataError(f"--clusters: expected 1 to {len(x)} (the training rows), got {k}")
+    generator = torch.Generator(x.device).manual_seed(seed)
+    first = torch.randint(len(x), (1,), generator=generator, device=x.device)
+    centres = x[first]
+    nearest = torch.cdist(x, centres).squeeze(1).square()
+    for _ in range(k - 1):  # each next centre drawn with probability ~ squared distance
+        pick = torch.multinomial(nearest + 1e-12, 1, generator=generator)
+        centres = torch.cat([centres, x[pick]])
+        nearest = torch.minimum(nearest, (x - x[pick]).square().sum(1))
+    for _ in range(iterations):
+        labels = torch.cdist(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).unsqueeze(1)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return torch.cdist(x, centres).argmin(1)
+
+
 class BatchSampler:
     """Random batches drawn on the data's device with a torch.Generator: indices by torch.randint
     (with replacement), no DataLoader and no host round trip per step, so a CUDA graph can

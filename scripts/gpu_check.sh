@@ -5,10 +5,11 @@
 #     OUT=/some/dir scripts/gpu_check.sh        (OUT defaults to ./gpu_out)
 #
 # Writes to $OUT: env.txt, install.txt, pytest_cuda.txt, bench_ops.txt, the bench's
-# ops-<gpu>-<date>.json, pytest.txt, and status.txt with each step's exit status and
-# seconds. The most telling steps run first; a failing step does not stop the ones after
-# it, and the script exits 1 if any failed. The timeouts keep the whole run under 6
-# minutes (60 + 90 + 150 + 100 s, plus nvidia-smi).
+# ops-<gpu>-<date>.json, train.txt and train-cuda/ (a short default training run's
+# config, metrics, summary and last sample grid), pytest.txt, and status.txt with each
+# step's exit status and seconds. The most telling steps run first; a failing step does not
+# stop the ones after it, and the script exits 1 if any failed. The timeouts keep the whole
+# run under 8 minutes (60 + 90 + 150 + 120 + 100 s, plus nvidia-smi).
 set -u -o pipefail
 
 OUT=${OUT:-./gpu_out}
@@ -60,6 +61,20 @@ bench_ops() {
         --compile-mode default --out "$OUT" 2>&1 | tee "$OUT/bench_ops.txt"
 }
 
+train_cuda() {
+    # The default latent-cgan on the packaged MNIST, shortened; the checkpoints stay behind
+    # (tens of MB), the small files come back.
+    local run=/tmp/fastgan-train-cuda
+    rm -rf "$run"
+    timeout -k 10 120 python3 -m fastgan train --device cuda --steps 4000 --ae-steps 1000 \
+        --out "$run" 2>&1 | tr '\r' '\n' | tail -n 40 | tee "$OUT/train.txt"
+    local status=${PIPESTATUS[0]}
+    mkdir -p "$OUT/train-cuda"
+    cp "$run"/config.json "$run"/metrics.jsonl "$run"/summary.json "$OUT/train-cuda/" 2>/dev/null
+    cp "$(ls "$run"/samples/*.png 2>/dev/null | tail -n 1)" "$OUT/train-cuda/" 2>/dev/null
+    return "$status"
+}
+
 all_tests() {
     # The whole suite, with the Triton kernels compiled for real on CUDA tensors. The C++
     # kernels need ninja, which a machine without network may lack: then skip their tests.
@@ -83,6 +98,7 @@ else
     failed=1
 fi
 step bench_ops bench_ops
+step train_cuda train_cuda
 if python3 -c 'import pytest' 2>/dev/null; then
     step all_tests all_tests
 fi

@@ -1,6 +1,19 @@
-"""Input makers for the op tests."""
+"""Input makers for the op tests, and the command line as a user runs it."""
+
+import os
+import subprocess
+import sys
 
 import torch
+
+
+def fastgan(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m fastgan ...` in a subprocess."""
+    # conftest switches on Triton's interpreter for the in-process kernel tests; a user's
+    # shell does not have it.
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "fastgan", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
 
 
 def randn(shape, dtype, device, scale=1.0, layout="contiguous", requires_grad=False):

@@ -2,22 +2,12 @@
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import fastgan
 
 from fastgan.bench import ops as bench_ops
-
-
-def fastgan(*args: str) -> subprocess.CompletedProcess:
-    # conftest switches on Triton's interpreter for the in-process kernel tests; a user's
-    # shell does not have it.
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "fastgan", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
 
 
 def test_bench_ops_quick_prints_the_table_and_writes_the_report(tmp_path):

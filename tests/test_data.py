@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgan.data import BatchSampler, DataError, Dataset, load_dataset
+from fastgan.data import BatchSampler, DataError, Dataset, kmeans_labels, load_dataset
 
 
 def write_idx(path, a: np.ndarray) -> None:
@@ -277,3 +277,17 @@ def test_csv_undecodable(tmp_path):
     (tmp_path / "bin.csv").write_bytes(bytes(range(128, 256)))
     expect_error("bin.csv: cannot read", str(tmp_path / "bin.csv"))
 
+
+
+def test_kmeans_labels_find_separated_blobs_deterministically():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(300) % 3
+    x = centres[truth] + 0.1 * torch.randn(300, 2)
+    state = torch.get_rng_state()
+    labels = kmeans_labels(x, 3, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    assert torch.equal(labels, kmeans_labels(x, 3, seed=0))
+    # the same partition as the truth, up to the clusters' numbering
+    assert len({(int(a), int(b)) for a, b in zip(truth, labels, strict=True)}) == 3
+    with pytest.raises(ValueError, match="--clusters: expected 1 to 300"):
+        kmeans_labels(x, 301, seed=0)

@@ -1,0 +1,90 @@
+"""The models: an autoencoder, a conditional generator and a conditional discriminator, all
+MLPs of FusedLinear layers (each layer one fused GEMM + activation, forward and backward).
+
+Conditioning concatenates a learned label embedding (one vector per class, as wide as the
+number of classes) to the noise or the data; with num_classes = 0 the models are
+unconditional and take no labels.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fastgan.nn import FusedLinear
+
+LEAKY_SLOPE = 0.2
+
+
+def mlp(sizes: Sequence[int], out_activation: str) -> nn.Sequential:
+    """FusedLinear layers through `sizes`: LeakyReLU(0.2) on hidden layers, `out_activation`
+    on the last."""
+    layers = [FusedLinear(n_in, n_out, activation="leaky_relu", negative_slope=LEAKY_SLOPE)
+              for n_in, n_out in zip(sizes[:-2], sizes[1:-1], strict=True)]
+    layers.append(FusedLinear(sizes[-2], sizes[-1], activation=out_activation))
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """dim -> hidden -> latent_dim -> reversed(hidden) -> dim, trained on MSE."""
+
+    def __init__(self, dim: int, latent_dim: int = 32, hidden: Sequence[int] = (512, 256),
+                 out_activation: str = "sigmoid"):
+        super().__init__()
+        self.encoder = mlp([dim, *hidden, latent_dim], "none")
+        self.decoder = mlp([latent_dim, *reversed(hidden), dim], out_activation)
+        # The training set's latent statistics, set when a GAN is trained on these latents.
+        self.register_buffer("latent_mean", torch.zeros(latent_dim))
+        self.register_buffer("latent_std", torch.ones(latent_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+    def decode_standardized(self, u: Tensor) -> Tensor:
+        """Decode latents given in units of the training set's latent statistics."""
+        return self.decoder(u * self.latent_std + self.latent_mean)
+
+
+class _Conditioned(nn.Module):
+    """An MLP whose input is its first argument concatenated with a label embedding, `pack`
+    consecutive rows side by side."""
+
+    def __init__(self, in_dim: int, num_classes: int, sizes: Sequence[int], out_activation: str,
+                 pack: int = 1):
+        super().__init__()
+        self.num_classes, self.pack = num_classes, pack
+        self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
+        self.net = mlp([(in_dim + num_classes) * pack, *sizes], out_activation)
+
+    def forward(self, inputs: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError(f"labels: expected class indices in [0, {self.num_classes}) "
+                                 "for a conditional model, got None")
+            inputs = torch.cat([inputs, self.embed(labels).to(inputs.dtype)], dim=1)
+        if self.pack > 1:
+            inputs = inputs.reshape(len(inputs) // self.pack, -1)
+        return self.net(inputs)
+
+
+class Generator(_Conditioned):
+    """G(noise, label) -> out_dim: data (sigmoid for images) or, in latent mode, an
+    autoencoder latent (linear)."""
+
+    def __init__(self, out_dim: int, num_classes: int, noise_dim: int = 64,
+                 hidden: Sequence[int] = (256, 512), out_activation: str = "sigmoid"):
+        super().__init__(noise_dim, num_classes, [*hidden, out_dim], out_activation)
+        self.noise_dim = noise_dim
+        # How often each class occurs in the training data: what unlabeled sampling draws
+        # from when the classes are k-means clusters.
+        self.register_buffer("label_prior", torch.ones(num_classes))
+
+
+class Discriminator(_Conditioned):
+    """D(data, label) -> one logit per row, or with pack > 1 one per `pack` consecutive rows
+    (PacGAN, Lin et al. 2018: judging samples jointly exposes a generator that covers too few
+    modes)."""
+
+    def __init__(self, dim: int, num_classes: int, hidden: Sequence[int] = (512, 256),
+                 pack: int = 1):
+        super().__init__(dim, num_classes, [*hidden, 1], "none", pack)

@@ -1,0 +1,239 @@
+"""One run's models, optimizers and random stream, and the training steps that update them.
+
+    autoencoder step   x -> encoder -> decoder -> fused MSE against x
+    GAN step           D: fused gan_d_loss on [real; G(noise, label) decoded], one D forward
+                       G: fused gan_g_loss on D(G(noise, label) decoded), then the EMA of G
+
+Every random draw (batches, noise, labels, augmentation) comes from one torch.Generator on
+the training device, saved in checkpoints: that is what makes --resume bit-exact.
+
+In latent-cgan mode G makes *standardized* autoencoder latents (the encoder's training-set
+mean and std are buffers of the autoencoder): G starts near the latent distribution instead
+of having to grow its outputs to the latents' scale, which made training several times
+slower. With the decoder frozen, D's real data are the autoencoder's reconstructions: G can
+only reach what the decoder makes, so D compares like with like and cannot win on the
+decoder's blur alone.
+"""
+
+import copy
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from fastgan.config import TrainConfig, conditioning
+from fastgan.data import BatchSampler, Dataset, kmeans_labels
+from fastgan.models import Autoencoder, Discriminator, Generator
+from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
+
+EMA_WARMUP = 10  # the EMA's decay ramps up as (1 + t) / (EMA_WARMUP + t)
+
+
+def build_models(config: TrainConfig, dim: int, num_classes: int, image: bool
+                 ) -> dict[str, nn.Module]:
+    """The run's modules by name: autoencoder, generator, ema_generator, discriminator
+    (those the mode uses)."""
+    out_activation = "sigmoid" if image else "none"
+    models = {}
+    if config.mode != "cgan":
+        models["autoencoder"] = Autoencoder(dim, config.latent_dim, config.ae_hidden,
+                                            out_activation)
+    if config.mode != "ae":
+        latent = config.mode == "latent-cgan"
+        models["generator"] = Generator(config.latent_dim if latent else dim, num_classes,
+                                        config.noise_dim, config.g_hidden,
+                                        "none" if latent else out_activation)
+        models["ema_generator"] = copy.deepcopy(models["generator"]).requires_grad_(False)
+        models["discriminator"] = Discriminator(dim, num_classes, config.d_hidden, config.pack)
+    return models
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """No parameter gradients for `module` (gradients still flow through it)."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
+
+
+class Training:
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device):
+        self.config, self.data, self.device = config, data, device
+        self.num_classes, clustered = conditioning(config, data.num_classes)
+        torch.manual_seed(config.seed)  # parameter initialization
+        self.models = build_models(config, data.dim, self.num_classes, data.is_image)
+        for module in self.models.values():
+            module.to(device)
+        self.rng = torch.Generator(device).manual_seed(config.seed)
+        labels = (kmeans_labels(data.x, self.num_classes, config.seed) if clustered
+                  else data.y if self.num_classes else None)
+        if labels is not None and "generator" in self.models:
+            prior = torch.bincount(labels, minlength=self.num_classes).float()
+            for name in ("generator", "ema_generator"):
+                self.models[name].label_prior.copy_(prior / prior.sum())
+        self.sampler = BatchSampler(data.x, labels, config.batch_size, self.rng)
+        self.optimizers = self._optimizers()
+        self.step = 0
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if config.precision == "bf16" else nullcontext())
+        self._gan_data = None  # latent-cgan: made when the GAN phase starts
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c, m = self.config, self.models
+        adam = lambda params, lr: torch.optim.Adam(params, lr, betas=c.betas)
+        optimizers = {}
+        if "autoencoder" in m:
+            optimizers["autoencoder"] = adam(m["autoencoder"].parameters(), c.lr_ae)
+        if "generator" in m:
+            params = list(m["generator"].parameters())
+            if c.finetune_decoder:
+                params += list(m["autoencoder"].decoder.parameters())
+            optimizers["generator"] = adam(params, c.lr_g or c.lr)
+            optimizers["discriminator"] = adam(m["discriminator"].parameters(), c.lr_d or c.lr)
+        return optimizers
+
+    @property
+    def phase(self) -> str:
+        return "ae" if self.step < self.config.ae_phase_steps else "gan"
+
+    def train_step(self) -> dict[str, Tensor]:
+        """One optimizer step of the current phase; the losses stay on the device."""
+        losses = self._ae_step() if self.phase == "ae" else self._gan_step()
+        self.step += 1
+        return losses
+
+    def state_dict(self) -> dict:
+        return {"step": self.step,
+                "models": {name: m.state_dict() for name, m in self.models.items()},
+                "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
+                "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, module in self.models.items():
+            module.load_state_dict(state["models"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.rng.set_state(state["rng"])
+        self.step = state["step"]
+        self._gan_data = None  # remade from the loaded autoencoder
+
+    # ---- autoencoder ---------------------------------------------------------------------
+
+    def _ae_step(self) -> dict[str, Tensor]:
+        x, _ = self.sampler()
+        with self.autocast:
+            reconstruction = self.models["autoencoder"](x)
+        loss = mse_loss(reconstruction.float(), x)
+        self._update("autoencoder", loss)
+        return {"ae": loss.detach()}
+
+    # ---- GAN -----------------------------------------------------------------------------
+
+    def decode(self, g_out: Tensor) -> Tensor:
+        """G's output in model units of the data: decoded in latent mode."""
+        if self.config.mode != "latent-cgan":
+            return g_out
+        return self.models["autoencoder"].decode_standardized(g_out)
+
+    def noise_and_labels(self, n: int) -> tuple[Tensor, Tensor | None]:
+        noise = torch.randn(n, self.config.noise_dim, generator=self.rng, device=self.device)
+        if not self.num_classes:
+            return noise, None
+        # the labels of random training rows: classes as often as the data has them
+        rows = torch.randint(len(self.sampler.y), (n,), generator=self.rng, device=self.device)
+        return noise, self.sampler.y[rows]
+
+    def _gan_step(self) -> dict[str, Tensor]:
+        c, G, D = self.config, self.models["generator"], self.models["discriminator"]
+        real, real_labels = self._real_batch()
+        noise, labels = self.noise_and_labels(c.batch_size)
+        with self.autocast:
+            with torch.no_grad():
+                fake = self.decode(G(noise, labels))
+            both_labels = None if labels is None else torch.cat([real_labels, labels])
+            logits = D(torch.cat([real, fake.to(real.dtype)]), both_labels).float()
+        real_logits, fake_logits = logits.chunk(2)
+        d_loss = gan_d_loss(real_logits, fake_logits, real_target=1.0 - c.label_smoothing)
+        self._update("discriminator", d_loss)
+
+        noise, labels = self.noise_and_labels(c.batch_size)
+        with frozen(D), self.autocast:
+            logits = D(self.decode(G(noise, labels)), labels).float()
+        g_loss = gan_g_loss(logits)
+        self._update("generator", g_loss)
+        self._update_ema()
+        return {"d": d_loss.detach(), "g": g_loss.detach()}
+
+    def _update(self, name: str, loss: Tensor) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        t = self.step - self.config.ae_phase_steps
+        decay = min(self.config.ema_decay, (1 + t) / (EMA_WARMUP + t))
+        torch._foreach_lerp_(list(self.models["ema_generator"].parameters()),
+                             list(self.models["generator"].parameters()), 1.0 - decay)
+
+    def _real_batch(self) -> tuple[Tensor, Tensor | None]:
+        if self.config.mode != "latent-cgan":
+            return self.sampler()
+        if self._gan_data is None:
+            self._gan_data = GanData(self)
+        return self._gan_data.real_batch()
+
+
+class GanData:
+    """latent-cgan's view of the training set, made once the autoencoder is trained: the
+    training latents (for augmentation) and D's real data (reconstructions, with a frozen
+    decoder)."""
+
+    @torch.no_grad()
+    def __init__(self, training: Training):
+        c, ae, data = training.config, training.models["autoencoder"], training.data
+        self.training, self.labels = training, training.sampler.y
+        ae.encoder.requires_grad_(False)
+        ae.decoder.requires_grad_(c.finetune_decoder)
+        latents = torch.cat([ae.encoder(chunk) for chunk in data.x.split(4096)])
+        ae.latent_mean.copy_(latents.mean(0))
+        ae.latent_std.copy_(latents.std(0).clamp_min(1e-6))
+        self.latents = (latents - ae.latent_mean) / ae.latent_std
+        real = data.x if c.finetune_decoder else torch.cat(
+            [training.decode(z) for z in self.latents.split(4096)])
+        self.sampler = BatchSampler(real, self.labels, c.batch_size, training.rng)
+        self.augmented = round(c.augment * c.batch_size)
+        if self.labels is not None:  # rows grouped by label, for same-label partners
+            self.by_label = torch.argsort(self.labels, stable=True)
+            counts = torch.bincount(self.labels, minlength=training.num_classes)
+            self.label_start, self.label_count = counts.cumsum(0) - counts, counts
+
+    def real_batch(self) -> tuple[Tensor, Tensor | None]:
+        x, y = self.sampler()
+        if not self.augmented:
+            return x, y
+        x_aug, y_aug = self._interpolations(self.augmented)
+        x = torch.cat([x[self.augmented:], x_aug.to(x.dtype)])
+        return x, None if y is None else torch.cat([y[self.augmented:], y_aug])
+
+    def _interpolations(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """Decoded points between two training latents of the same label."""
+        rng, device = self.training.rng, self.latents.device
+        first = torch.randint(len(self.latents), (n,), generator=rng, device=device)
+        second = self.partners(first)
+        t = torch.rand(n, 1, generator=rng, device=device)
+        with torch.no_grad():
+            z = torch.lerp(self.latents[first], self.latents[second], t)
+            return self.training.decode(z), None if self.labels is None else self.labels[first]
+
+    def partners(self, first: Tensor) -> Tensor:
+        """A random training row for each of `first`, with the same label when labeled."""
+        rng, n = self.training.rng, len(first)
+        if self.labels is None:
+            return torch.randint(len(self.latents), (n,), generator=rng, device=first.device)
+        labels = self.labels[first]
+        pick = torch.rand(n, generator=rng, device=first.device) * self.label_count[labels]
+        return self.by_label[self.label_start[labels] + pick.long()]

@@ -1,0 +1,219 @@
+"""The training loop: steps, logs, evaluations, checkpoints and samples of one run.
+
+    <out>/config.json          the settings (what --resume reads back)
+    <out>/metrics.jsonl        one line per logged step, and one per evaluation
+    <out>/checkpoints/last.pt  every --checkpoint-every steps and at the end
+    <out>/checkpoints/best.pt  the evaluation with the lowest score
+    <out>/samples/*.png        a sample grid per evaluation (one row per class)
+    <out>/summary.json         the final metrics and samples_per_s
+
+Losses stay on the device between log intervals: the loop syncs with it only to log.
+samples_per_s counts training samples over the steady-state log windows: each phase's first
+window (compilation, warm-up, the latent tables) and all evaluation and I/O are left out.
+"""
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fastgan import checkpoint
+from fastgan import config as cfg
+from fastgan.api import Run
+from fastgan.data import Dataset, load_dataset
+from fastgan.evaluate import Evaluator
+from fastgan.files import atomic_write
+from fastgan.images import write_png
+from fastgan.samples import picture
+from fastgan.step import Training
+
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "samples")
+# Settings a resumed run may change: they don't alter what the steps compute.
+RESUMABLE_CHANGES = {"steps", "epochs", "log_every", "eval_every", "checkpoint_every",
+                     "device", "samples_per_class"}
+
+
+class SetupError(ValueError):
+    """A run that cannot start as asked (--out, --device): the message says why."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda: no CUDA GPU is available to torch")
+    return torch.device(name)
+
+
+def default_out(config: cfg.TrainConfig) -> Path:
+    name = Path(config.data_dir).name if config.data_dir else Path(config.dataset).stem
+    return Path("runs") / f"{name}-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """Make `out` ready; returns the state of its last complete checkpoint when resuming."""
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    last = out / "checkpoints" / "last.pt"
+    if resume and last.exists():
+        return checkpoint.load(last)
+    if present and not (resume or overwrite):
+        raise SetupError(f"--out: {out} holds another run ({', '.join(present)}); pass "
+                          "--resume to continue it or --overwrite to replace it")
+    if present and overwrite:
+        for name in present:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+    except OSError as error:
+        raise SetupError(f"--out: cannot create {out}: {error.strerror}") from error
+    return None
+
+
+def write_json(path: Path, value) -> None:
+    with atomic_write(path) as file:
+        file.write((json.dumps(value, indent=2) + "\n").encode())
+
+
+def check_resumable(saved: dict, config: cfg.TrainConfig, path: Path) -> None:
+    now = cfg.to_dict(config)
+    changed = sorted(k for k, v in saved.items() if k not in RESUMABLE_CHANGES and now[k] != v)
+    if changed:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise checkpoint.CheckpointError(
+            f"{path}: was trained with other settings ({detail}); resume without them")
+
+
+def keep_log_until(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their old log lines."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines()
+                 if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+class Loop:
+    def __init__(self, config: cfg.TrainConfig, data: Dataset, out: Path,
+                 state: dict | None):
+        self.config, self.out, self.data = config, out, data
+        self.device = data.x.device
+        self.training = Training(config, data, self.device)
+        self.best = float("inf")
+        if state is not None:
+            self.training.load_state_dict(state)
+            self.best = state["best"]
+        keep_log_until(out / "metrics.jsonl", self.training.step)
+        self.run = Run(config, data.info(), self.training.models)
+        self.evaluator = Evaluator(data, config)
+        self.steady_seconds = {"ae": 0.0, "gan": 0.0}
+        self.steady_samples = {"ae": 0, "gan": 0}
+
+    def state(self) -> dict:
+        return {"config": cfg.to_dict(self.config), "data": self.data.info(),
+                "best": self.best, **self.training.state_dict()}
+
+    def log(self, record: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def evaluate(self, phase: str) -> dict:
+        """Metrics after a step of `phase`, a sample grid, and best.pt when the score
+        improved."""
+        step, gan = self.training.step, phase == "gan"
+        for module in self.training.models.values():
+            module.eval()
+        run = self.run if gan else without_generator(self.run)
+        evaluated = self.evaluator(run, seed=self.config.seed)
+        image = picture(run, self.data, self.config.samples_per_class,
+                        torch.Generator(self.device).manual_seed(self.config.seed))
+        for module in self.training.models.values():
+            module.train()
+        if image is not None:
+            write_png(self.out / "samples" / f"step-{step:06d}.png", image)
+        self.log({"step": step, "phase": phase, "eval": evaluated})
+        final_kind = gan or self.config.mode == "ae"
+        if final_kind and evaluated["score"] < self.best:
+            self.best = evaluated["score"]
+            checkpoint.save(self.state(), self.out / "checkpoints" / "best.pt")
+        return evaluated
+
+    def run_steps(self) -> dict:
+        c, training = self.config, self.training
+        bar = tqdm(total=c.steps, initial=training.step, unit="step", dynamic_ncols=True,
+                   mininterval=0.5, file=sys.stderr, desc=c.mode)
+        evaluated = None
+        window_steps, warm = 0, False
+        window_start = time.perf_counter()
+        while training.step < c.steps:
+            phase = training.phase
+            losses = training.train_step()
+            window_steps += 1
+            step = training.step
+            phase_ends = step == c.steps or training.phase != phase
+            if step % c.log_every and not phase_ends:
+                continue
+            values = {name: loss.item() for name, loss in losses.items()}  # the sync
+            seconds = time.perf_counter() - window_start
+            rate = window_steps * c.batch_size / seconds
+            if warm:  # the phase's first window holds its warm-up: left out
+                self.steady_seconds[phase] += seconds
+                self.steady_samples[phase] += window_steps * c.batch_size
+            warm = not phase_ends
+            self.log({"step": step, "phase": phase, **{f"loss_{k}": v for k, v in values.items()},
+                      "samples_per_s": round(rate, 1)})
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()},
+                             "samples/s": f"{rate:,.0f}"}, refresh=False)
+            bar.update(window_steps)
+            if step % c.eval_every == 0 or phase_ends:
+                evaluated = self.evaluate(phase)
+            if step % c.checkpoint_every == 0 or step == c.steps:
+                checkpoint.save(self.state(), self.out / "checkpoints" / "last.pt")
+            window_steps, window_start = 0, time.perf_counter()
+        bar.close()
+        return evaluated if evaluated is not None else self.evaluate(training.phase)
+
+    def samples_per_s(self) -> dict:
+        return {phase: round(self.steady_samples[phase] / seconds, 1)
+                for phase, seconds in self.steady_seconds.items() if seconds > 0}
+
+
+def without_generator(run: Run) -> Run:
+    """The run as the autoencoder phase sees it: no generator to evaluate yet."""
+    models = {k: v for k, v in run.models.items() if k == "autoencoder"}
+    return Run(replace(run.config, mode="ae"), run.data_info, models)
+
+
+def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False,
+          overwrite: bool = False) -> dict:
+    """Train one run into `out` and return its summary (also written to summary.json)."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
+                        seed=config.seed)
+    config = cfg.resolve_epochs(config, len(data.x))
+    out = out or default_out(config)
+    state = prepare_out(out, resume, overwrite)
+    if state is not None:
+        check_resumable(state["config"], config, out / "checkpoints" / "last.pt")
+    write_json(out / "config.json", cfg.to_dict(config))
+    loop = Loop(config, data.to(device), out, state)
+    final = loop.run_steps()
+    rates = loop.samples_per_s()
+    steady = sum(loop.steady_seconds.values())
+    summary = {
+        "mode": config.mode, "dataset": data.name, "steps": config.steps,
+        "device": str(device), "precision": config.precision, "world_size": 1,
+        "metrics": final, "best_score": loop.best,
+        "samples_per_s": round(sum(loop.steady_samples.values()) / steady, 1) if steady else None,
+        "samples_per_s_by_phase": rates,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / "summary.json", summary)
+    return {**summary, "out": str(out)}
+
