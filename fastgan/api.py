@@ -23,7 +23,8 @@ class Run:
     def __init__(self, config: TrainConfig, data_info: dict, models: dict[str, nn.Module]):
         self.config, self.data_info, self.models = config, data_info, models
         self.num_classes, self.clustered = conditioning(config, data_info["num_classes"])
-        self.device = next(models[next(iter(models))].parameters()).device
+        first_model = next(iter(models.values()))
+        self.device = next(first_model.parameters()).device
         self.units = Units.from_info(data_info, self.device)
 
     @property

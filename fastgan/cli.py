@@ -121,6 +121,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".png", ".npy"):
         raise SetupError(f"--out: expected a file name ending in .png or .npy, got {args.out}")
     run = api.load(args.run_dir, args.checkpoint)
+    if args.out.suffix == ".png" and run.units.image_shape is None and run.data_info["dim"] != 2:
+        raise SetupError(f"--out: a .png shows images or 2-D points; this run makes "
+                         f"{run.data_info['dim']}-D vectors, so ask for .npy")
     try:
         generator = torch.Generator().manual_seed(args.seed)
         samples = run.sample(args.n, args.label, generator)

@@ -59,10 +59,6 @@ class TrainConfig:
     samples_per_class: int = 10  # columns of the sample grid
 
     @property
-    def gan_steps(self) -> int:
-        return self.steps - self.ae_phase_steps
-
-    @property
     def ae_phase_steps(self) -> int:
         return {"ae": self.steps, "cgan": 0, "latent-cgan": self.ae_steps}[self.mode]
 

@@ -52,7 +52,8 @@ class Evaluator:
         labels = run.labels_for(n, None, generator)
         samples = run.sample_model_units(labels, n, generator)
         if self.classifier is not None:
-            result.update(metrics.classifier_metrics(self.classifier, samples, labels,
+            asked = None if run.clustered else labels  # cluster ids are not the data's classes
+            result.update(metrics.classifier_metrics(self.classifier, samples, asked,
                                                      data.test_x))
             result["score"] = result["fd"]
         elif data.modes is not None:

@@ -29,11 +29,10 @@ def picture(run: Run, data: Dataset, columns: int, generator: torch.Generator) -
         real = data.test_x[:columns]
         return image_grid(data.to_data_units(torch.cat([real, run.autoencoder(real)])), rows=2)
     if data.image_shape is not None:
-        rows = run.num_classes if run.num_classes and not run.clustered \
-            else math.isqrt(UNLABELED_GRID)
-        labels = run.labels_for(rows * columns, None, generator)
-        if labels is not None and not run.clustered:  # row r is class r
-            labels = torch.arange(rows, device=run.device).repeat_interleave(columns)
+        by_class = run.num_classes and not run.clustered  # row r is class r
+        rows = run.num_classes if by_class else math.isqrt(UNLABELED_GRID)
+        labels = (torch.arange(rows, device=run.device).repeat_interleave(columns) if by_class
+                  else run.labels_for(rows * columns, None, generator))
         samples = run.sample_model_units(labels, rows * columns, generator)
         return image_grid(data.to_data_units(samples), rows=rows)
     if data.dim == 2:
@@ -44,12 +43,12 @@ def picture(run: Run, data: Dataset, columns: int, generator: torch.Generator) -
     return None
 
 
-def save_samples(samples: torch.Tensor, path: Path, units_shape: tuple | None) -> None:
+def save_samples(samples: torch.Tensor, path: Path, image_shape: tuple | None) -> None:
     """`fastgan sample`'s output: .npy (the array) or .png (a grid of images, or a scatter)."""
     if path.suffix == ".npy":
         np.save(path, samples.cpu().numpy())
         return
-    if units_shape is not None:
+    if image_shape is not None:
         rows = math.isqrt(len(samples))
         while len(samples) % rows:
             rows -= 1

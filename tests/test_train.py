@@ -104,6 +104,9 @@ def test_each_kind_of_dataset_trains(tmp_path, kind):
              "idx": (3, 1, 8, 8)}[kind]
     assert run.sample(3).shape == shape
     assert run.reconstruct(run.sample(3)).shape == shape
+    picture = tmp_path / "samples.png"
+    status = main(["sample", "--run", str(tmp_path / "run"), "--out", str(picture)])
+    assert status == (2 if kind in ("npz-vectors", "csv") else 0)  # 5-D, 3-D: no picture
     assert "recon_mse" in summary["metrics"] and "score" in summary["metrics"]
 
 
@@ -272,3 +275,9 @@ def test_unconditional_grid_captures_the_modes(tmp_path):
                     "--log-every", "100", "--checkpoint-every", "6000")
     assert summary["metrics"]["modes_captured"] >= 24
     assert summary["metrics"]["high_quality"] >= 0.9
+
+
+def test_self_conditioned_images_report_no_conditional_accuracy(tmp_path):
+    summary = train(tmp_path / "run", "--mode", "cgan", "--unconditional", "--clusters", "10")
+    assert "fd" in summary["metrics"] and "cond_accuracy" not in summary["metrics"]
+    assert fg.load(tmp_path / "run").sample(4).shape == (4, 1, 28, 28)
