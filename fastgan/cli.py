@@ -159,7 +159,8 @@ def add_train(commands) -> None:
              "GAN); 0 turns it off (default: 50 on ring and grid, else 0)")
     add("--steps", type=positive_int, help="optimizer steps of the whole run")
     add("--epochs", type=positive_float, help="passes over the training split; sets --steps")
-    add("--ae-steps", type=positive_int, help="latent-cgan: steps of the autoencoder phase")
+    add("--ae-steps", type=positive_int,
+        help="latent-cgan: steps of the autoencoder phase (default: a quarter of --steps)")
     add("--batch-size", type=positive_int)
     add("--lr", type=positive_float, help="G and D learning rate (default 2e-4)")
     add("--lr-g", type=positive_float)

@@ -33,7 +33,8 @@ class TrainConfig:
     clusters: int = 0  # without labels: condition on this many k-means clusters (0: off)
     steps: int = 8000  # optimizer steps of the whole run, all phases
     epochs: float | None = None  # when set, steps = ceil(epochs * train size / batch_size)
-    ae_steps: int = 2000  # latent-cgan: the first ae_steps steps train the autoencoder
+    ae_steps: int | None = None  # latent-cgan: the first ae_steps steps train the AE
+    #                              (default: a quarter of steps)
     batch_size: int = 128
     lr: float = 2e-4  # G and D, unless lr_g / lr_d say otherwise
     lr_g: float | None = None
@@ -159,7 +160,8 @@ def validate(config: TrainConfig) -> None:
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a number in [0, 1), "
                               f"got {getattr(config, name)}")
-    if config.mode == "latent-cgan" and not 0 < config.ae_steps < config.steps:
+    if config.mode == "latent-cgan" and config.ae_steps is not None \
+            and not 0 < config.ae_steps < config.steps:
         raise ConfigError(f"--ae-steps: expected 0 < ae-steps < steps ({config.steps}) in "
                           f"latent-cgan mode, got {config.ae_steps}")
     if config.batch_size % config.pack:
@@ -178,14 +180,17 @@ def conditioning(config: TrainConfig, data_classes: int) -> tuple[int, bool]:
     return config.clusters, config.clusters > 0
 
 
-def resolve_epochs(config: TrainConfig, train_size: int) -> TrainConfig:
-    """--epochs, once the training set's size is known, becomes steps."""
-    if config.epochs is None:
-        return config
-    steps = math.ceil(config.epochs * train_size / config.batch_size)
-    if config.mode == "latent-cgan":  # the GAN phase gets at least one step
-        steps = max(steps, config.ae_steps + 1)
-    resolved = dataclasses.replace(config, steps=steps)
+def resolve_lengths(config: TrainConfig, train_size: int) -> TrainConfig:
+    """The run's lengths as numbers, once the training set's size is known: --epochs
+    becomes steps, and latent-cgan's ae_steps defaults to a quarter of them. config.json
+    keeps these, so a resumed run that raises --steps keeps its phases."""
+    steps, ae_steps = config.steps, config.ae_steps
+    if config.epochs is not None:
+        steps = math.ceil(config.epochs * train_size / config.batch_size)
+    if config.mode == "latent-cgan":
+        ae_steps = ae_steps or max(1, steps // 4)
+        steps = max(steps, ae_steps + 1)  # the GAN phase gets at least one step
+    resolved = dataclasses.replace(config, steps=steps, ae_steps=ae_steps)
     validate(resolved)
     return resolved
 

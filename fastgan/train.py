@@ -196,7 +196,7 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
                         seed=config.seed)
-    config = cfg.resolve_epochs(config, len(data.x))
+    config = cfg.resolve_lengths(config, len(data.x))
     out = out or default_out(config)
     state = prepare_out(out, resume, overwrite)
     if state is not None:

@@ -174,6 +174,16 @@ def test_config_file_is_overridden_by_flags(tmp_path):
     assert saved["batch_size"] == 16  # TINY's flag wins over the file's 8
 
 
+def test_the_autoencoder_phase_defaults_to_a_quarter_of_the_steps(tmp_path):
+    train(tmp_path / "run")  # TINY: --steps 24
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["steps"], saved["ae_steps"]) == (24, 6)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+             .splitlines()]
+    phases = {line["step"]: line["phase"] for line in lines if "eval" not in line}
+    assert (phases[4], phases[6], phases[8]) == ("ae", "ae", "gan")  # 6 ends the AE phase
+
+
 def test_epochs_set_the_steps(tmp_path):
     summary = train(tmp_path / "run", "--mode", "ae", "--epochs", "0.1", "--batch-size", "100")
     assert summary["steps"] == 9  # ceil(0.1 * 9,000 training images / 100)
@@ -245,6 +255,24 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, monkeypatch, capsys, args,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastgan: error: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_bad_input(capsys):
+    assert main(["train", "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_config_file_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    for text, message in (("stepz = 3\n", "unknown setting(s) stepz"),
+                          ("steps = \n", "is not valid TOML"),
+                          ('steps = "many"\n', "--steps: expected int, got 'many'")):
+        bad.write_text(text)
+        assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()  # nothing written for a bad config
 
 
 def test_cli_subprocess_has_no_traceback(tmp_path):
