@@ -50,6 +50,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_fits(data: Dataset, device: torch.device) -> None:
+    """The training set lives on the device as tensors; say so before training when the
+    GPU has too little free memory for it (and the models, batches and optimizer state,
+    hence the half)."""
+    if device.type != "cuda":
+        return
+    tensors = [t for t in (data.x, data.y, data.test_x, data.test_y) if t is not None]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > free // 2:
+        raise SetupError(f"--device cuda: the dataset takes {need / 2**20:,.0f} MiB and fastgan "
+                         f"keeps it on the GPU, which has {free / 2**20:,.0f} MiB free; "
+                         "use a GPU with more memory or a smaller dataset")
+
+
 def default_out(config: cfg.TrainConfig) -> Path:
     name = Path(config.data_dir).name if config.data_dir else Path(config.dataset).stem
     return Path("runs") / f"{name}-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -197,6 +212,7 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
                         seed=config.seed)
     config = cfg.resolve_lengths(config, len(data.x))
+    check_fits(data, device)
     out = out or default_out(config)
     state = prepare_out(out, resume, overwrite)
     if state is not None:

@@ -14,6 +14,7 @@ from fastgan.cli import main
 from fastgan.config import TrainConfig
 from fastgan.data import load_dataset
 from fastgan.step import GanData, Training
+from fastgan.train import SetupError, check_fits
 
 TINY = ["--steps", "24", "--batch-size", "16", "--log-every", "4", "--eval-every", "12",
         "--checkpoint-every", "8"]
@@ -261,6 +262,14 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, monkeypatch, capsys, args,
 def test_cuda_without_a_gpu_is_bad_input(capsys):
     assert main(["train", "--device", "cuda"]) == 2
     assert "--device cuda: no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_a_dataset_too_big_for_the_gpu_is_refused_before_training(monkeypatch):
+    data = load_dataset("mnist")  # 10,000 x 784 float32 and the labels: 30 MiB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 * 2**20, 80 * 2**30))
+    with pytest.raises(SetupError, match="the dataset takes 30 MiB .* 40 MiB free"):
+        check_fits(data, torch.device("cuda"))
+    check_fits(data, torch.device("cpu"))  # host memory already holds it
 
 
 def test_config_file_errors_are_one_line(tmp_path, capsys):
