@@ -2,7 +2,7 @@
 MLPs of FusedLinear layers (each layer one fused GEMM + activation, forward and backward).
 
 Conditioning concatenates a learned label embedding (one vector per class, as wide as the
-number of classes) to the noise or the data; with num_classes = 0 the models are
+number of classes up to MAX_EMBEDDING) to the noise or the data; with num_classes = 0 the models are
 unconditional and take no labels.
 """
 
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from fastgan.nn import FusedLinear
 
 LEAKY_SLOPE = 0.2
+MAX_EMBEDDING = 128  # label embeddings are as wide as the number of classes, up to this
 
 
 def mlp(sizes: Sequence[int], out_activation: str) -> nn.Sequential:
@@ -53,8 +54,9 @@ class _Conditioned(nn.Module):
                  pack: int = 1):
         super().__init__()
         self.num_classes, self.pack = num_classes, pack
-        self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
-        self.net = mlp([(in_dim + num_classes) * pack, *sizes], out_activation)
+        width = min(num_classes, MAX_EMBEDDING)
+        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+        self.net = mlp([(in_dim + width) * pack, *sizes], out_activation)
 
     def forward(self, inputs: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.embed is not None:

@@ -62,13 +62,13 @@ class Training:
     def __init__(self, config: TrainConfig, data: Dataset, device: torch.device):
         self.config, self.data, self.device = config, data, device
         self.num_classes, clustered = conditioning(config, data.num_classes)
+        labels = (kmeans_labels(data.x, self.num_classes, config.seed) if clustered
+                  else data.y if self.num_classes else None)
         torch.manual_seed(config.seed)  # parameter initialization
         self.models = build_models(config, data.dim, self.num_classes, data.is_image)
         for module in self.models.values():
             module.to(device)
         self.rng = torch.Generator(device).manual_seed(config.seed)
-        labels = (kmeans_labels(data.x, self.num_classes, config.seed) if clustered
-                  else data.y if self.num_classes else None)
         if labels is not None and "generator" in self.models:
             prior = torch.bincount(labels, minlength=self.num_classes).float()
             for name in ("generator", "ema_generator"):

@@ -43,3 +43,9 @@ def test_decode_standardized_uses_the_latent_statistics():
     ae.latent_std.fill_(2.0)
     u = torch.randn(5, 2)
     assert torch.equal(ae.decode_standardized(u), ae.decoder(u * 2.0 + 3.0))
+
+
+def test_label_embeddings_are_capped_in_width():
+    assert Generator(5, num_classes=10).embed.embedding_dim == 10
+    d = Discriminator(5, num_classes=300, hidden=(8,))
+    assert d.embed.embedding_dim == 128 and d.net[0].in_features == 5 + 128

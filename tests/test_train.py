@@ -248,6 +248,9 @@ def test_sample_and_eval_commands(tmp_path, capsys):
     (["train", "--mode", "cgan", "--augment", "0.5"], "--augment: AE augmentation needs"),
     (["train", "--steps", "100", "--ae-steps", "100"], "--ae-steps: expected 0 < ae-steps"),
     (["train", "--resume"], "--resume: pass --out DIR"),
+    (["train", "--pack", "3"], "--pack: expected a divisor of --batch-size (128)"),
+    (["train", "--dataset", "grid", "--unconditional", "--clusters", "99999"],
+     "--clusters: expected 1 to 50000"),
     (["sample", "--run", "nowhere", "--out", "x.png"], "no such checkpoint"),
     (["sample", "--run", "nowhere", "--out", "x.jpg"], "--out: expected a file name ending"),
 ])
@@ -318,3 +321,18 @@ def test_self_conditioned_images_report_no_conditional_accuracy(tmp_path):
     summary = train(tmp_path / "run", "--mode", "cgan", "--unconditional", "--clusters", "10")
     assert "fd" in summary["metrics"] and "cond_accuracy" not in summary["metrics"]
     assert fg.load(tmp_path / "run").sample(4).shape == (4, 1, 28, 28)
+
+
+def test_finetune_decoder_trains_only_the_decoder_in_the_gan_phase(tmp_path):
+    train(tmp_path / "frozen", "--ae-steps", "12")
+    train(tmp_path / "tuned", "--ae-steps", "12", "--finetune-decoder")
+    frozen, tuned = (checkpoint.load(tmp_path / run / "checkpoints" / "last.pt")["models"]
+                     ["autoencoder"] for run in ("frozen", "tuned"))
+    assert all(torch.equal(frozen[k], tuned[k]) for k in frozen if k.startswith("encoder"))
+    assert not torch.equal(frozen["decoder.0.weight"], tuned["decoder.0.weight"])
+
+
+def test_packed_discriminator_trains(tmp_path):
+    summary = train(tmp_path / "run", "--mode", "cgan", "--pack", "4")
+    assert np.isfinite(summary["metrics"]["fd"])
+    assert fg.load(tmp_path / "run").discriminator.pack == 4
