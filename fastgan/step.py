@@ -79,6 +79,9 @@ class Training:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if config.precision == "bf16" else nullcontext())
         self._gan_data = None  # latent-cgan: made when the GAN phase starts
+        if "generator" in self.models:  # (EMA parameters, G parameters), listed once
+            self._ema_pairs = tuple(list(self.models[name].parameters())
+                                    for name in ("ema_generator", "generator"))
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c, m = self.config, self.models
@@ -176,8 +179,7 @@ class Training:
     def _update_ema(self) -> None:
         t = self.step - self.config.ae_phase_steps
         decay = min(self.config.ema_decay, (1 + t) / (EMA_WARMUP + t))
-        torch._foreach_lerp_(list(self.models["ema_generator"].parameters()),
-                             list(self.models["generator"].parameters()), 1.0 - decay)
+        torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1.0 - decay)
 
     def _real_batch(self) -> tuple[Tensor, Tensor | None]:
         if self.config.mode != "latent-cgan":

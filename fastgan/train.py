@@ -130,7 +130,7 @@ class Loop:
         self.steady_samples = {"ae": 0, "gan": 0}
 
     def state(self) -> dict:
-        return {"config": cfg.to_dict(self.config), "data": self.data.info(),
+        return {"config": cfg.to_dict(self.config), "data": self.run.data_info,
                 "best": self.best, **self.training.state_dict()}
 
     def log(self, record: dict) -> None:
