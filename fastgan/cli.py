@@ -4,6 +4,7 @@
     fastgan sample --run DIR ...   samples of a trained run, as .png or .npy
     fastgan eval --run DIR         a trained run's held-out metrics
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
+    fastgan bench step [options]   time a whole training iteration against the same
 
 Each command is a subparser whose `run` default takes the parsed arguments and returns the
 exit status. Bad input gives one line on stderr, `fastgan: error: ...`, and exit status 2.
@@ -19,6 +20,7 @@ import torch
 
 from fastgan import api, checkpoint, config
 from fastgan.bench import ops as bench_ops
+from fastgan.bench import step as bench_step
 from fastgan.data import DataError, load_dataset
 from fastgan.evaluate import Evaluator
 from fastgan.ops._backend import backend_for
@@ -58,6 +60,15 @@ def int_list(text: str) -> list[int]:
     return batches
 
 
+def mode_list(text: str) -> list[str]:
+    modes = text.split(",")
+    unknown = [m for m in modes if m not in bench_step.MODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated modes of {', '.join(bench_step.MODES)}, got {text!r}")
+    return modes
+
+
 def number(kind: type, accept, expected: str):
     """An argparse type: text -> kind, or a message saying what was expected."""
     def parse(text: str):
@@ -81,18 +92,29 @@ positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive numbe
 # Commands
 
 
-def run_bench_ops(args: argparse.Namespace) -> int:
+def bench_device(args: argparse.Namespace) -> torch.device:
+    """The benchmark's device, with its backend and --out checked before any work."""
     device = resolve_device(args.device)
     try:
-        backend_for(device)  # an unusable FASTGAN_BACKEND is bad input, found before any work
+        backend_for(device)  # an unusable FASTGAN_BACKEND is bad input
     except (ValueError, RuntimeError) as error:
         raise UsageError(str(error)) from error
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--out: cannot create {str(args.out)!r}: {error.strerror}") from error
-    bench_ops.run(device, DTYPES[args.dtype], args.batches, args.repeat_ms, args.quick,
-                  args.out, args.command_line, args.compile_mode)
+    return device
+
+
+def run_bench_ops(args: argparse.Namespace) -> int:
+    bench_ops.run(bench_device(args), DTYPES[args.dtype], args.batches, args.repeat_ms,
+                  args.quick, args.out, args.command_line, args.compile_mode)
+    return 0
+
+
+def run_bench_step(args: argparse.Namespace) -> int:
+    bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
+                   args.out, args.command_line, args.compile_mode)
     return 0
 
 
@@ -181,6 +203,11 @@ def add_train(commands) -> None:
         help="latent-cgan: train the decoder with G in the GAN phase")
     add("--device", choices=config.DEVICES)
     add("--precision", choices=config.PRECISIONS, help="bf16: autocast, fp32 weights")
+    add("--compile", action=argparse.BooleanOptionalAction,
+        help="torch.compile the training step (default: on CUDA, not on the CPU, where "
+             "it measured slower)")
+    add("--cuda-graphs", action=argparse.BooleanOptionalAction,
+        help="on CUDA, replay each training iteration as one CUDA graph (default: on)")
     add("--seed", type=non_negative_int)
     add("--log-every", type=positive_int)
     add("--eval-every", type=positive_int)
@@ -242,6 +269,27 @@ def add_bench(commands) -> None:
                           f"{bench_ops.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
                           f"{bench_ops.QUICK_REPEAT_MS:g} with --quick")
     ops.set_defaults(run=run_bench_ops)
+
+    step = benchmarks.add_parser(
+        "step", help="a whole training iteration against plain PyTorch and torch.compile")
+    step.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="default: cuda when a GPU is available, else cpu")
+    step.add_argument("--modes", type=mode_list, default=list(bench_step.DEFAULT_MODES),
+                      metavar="MODE,...", help="of " + ", ".join(bench_step.MODES)
+                      + f" (default {','.join(bench_step.DEFAULT_MODES)})")
+    step.add_argument("--batches", type=int_list, metavar="N,N,...",
+                      help=f"batch sizes; default {_commas(bench_step.DEFAULT_BATCHES)}")
+    step.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+                      help="torch.compile mode of the compile baseline; default max-autotune "
+                           "on CUDA, default on the CPU")
+    step.add_argument("--quick", action="store_true", help="batch 64 only, short timings")
+    step.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
+                      help="where the JSON report goes (default: ./profiles)")
+    step.add_argument("--repeat-ms", type=positive_float, metavar="MS",
+                      help="time spent timing each variant; default "
+                           f"{bench_step.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
+                           f"{bench_step.DEFAULT_REPEAT_MS['cpu']:g} on cpu")
+    step.set_defaults(run=run_bench_step)
 
 
 def build_parser() -> Parser:
