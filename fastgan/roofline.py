@@ -166,7 +166,8 @@ class Peaks:
 
     def tflops(self, dtype: str | None = None) -> float:
         """The matmul peak for `dtype` ("bfloat16", "float32"); by default bf16 where it was
-        measured (CUDA), else fp32."""
+        measured (CUDA), else fp32. A dtype not measured here (bf16 on the CPU) gets the
+        highest peak measured."""
         dtype = dtype or ("bfloat16" if "bfloat16" in self.matmul_tflops else "float32")
         return self.matmul_tflops.get(dtype, max(self.matmul_tflops.values()))
 
