@@ -5,11 +5,13 @@
 #     OUT=/some/dir scripts/gpu_check.sh        (OUT defaults to ./gpu_out)
 #
 # Writes to $OUT: env.txt, install.txt, pytest_cuda.txt, bench_ops.txt, the bench's
-# ops-<gpu>-<date>.json, train.txt and train-cuda/ (a short default training run's
-# config, metrics, summary and last sample grid), pytest.txt, and status.txt with each
-# step's exit status and seconds. The most telling steps run first; a failing step does not
-# stop the ones after it, and the script exits 1 if any failed. The timeouts keep the whole
-# run under 8 minutes (60 + 90 + 150 + 120 + 100 s, plus nvidia-smi).
+# ops-<gpu>-<date>.json, profile.txt and profile-b64/, profile-b4096/ (`fastgan profile` of
+# the default model: trace, NVML samples and plot, report), train.txt and train-cuda/ (a
+# short default training run's config, metrics, summary and last sample grid), pytest.txt,
+# and status.txt with each step's exit status and seconds. The most telling steps run
+# first; a failing step does not stop the ones after it, and the script exits 1 if any
+# failed. The timeouts keep the whole run under 10 minutes (60 + 90 + 150 + 2 x 60 + 120 +
+# 100 s, plus nvidia-smi).
 set -u -o pipefail
 
 OUT=${OUT:-./gpu_out}
@@ -61,6 +63,20 @@ bench_ops() {
         --compile-mode default --out "$OUT" 2>&1 | tee "$OUT/bench_ops.txt"
 }
 
+profile_cuda() {
+    # The default model's GAN phase at a small and a large batch: the first measures and
+    # caches the GPU's peaks. trace.json comes back gzipped (on the CPU path the default
+    # 30 steps make 12 MB of JSON, 0.8 MB gzipped).
+    local status=0 batch
+    for batch in 64 4096; do
+        timeout -k 10 60 python3 -m fastgan profile --device cuda --batch-size "$batch" \
+            --out "$OUT/profile-b$batch" --overwrite 2>&1 | tee -a "$OUT/profile.txt"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        gzip -f "$OUT/profile-b$batch/trace.json" 2>/dev/null
+    done
+    return "$status"
+}
+
 train_cuda() {
     # The default latent-cgan on the packaged MNIST, shortened; the checkpoints stay behind
     # (tens of MB), the small files come back.
@@ -98,6 +114,7 @@ else
     failed=1
 fi
 step bench_ops bench_ops
+step profile_cuda profile_cuda
 step train_cuda train_cuda
 if python3 -c 'import pytest' 2>/dev/null; then
     step all_tests all_tests
