@@ -116,7 +116,7 @@ def run_bench_ops(args: argparse.Namespace) -> int:
 
 def run_bench_step(args: argparse.Namespace) -> int:
     bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
-                   args.out, args.command_line, args.compile_mode)
+                   args.out, args.command_line, args.compile_mode, args.precision)
     return 0
 
 
@@ -332,6 +332,8 @@ def add_bench(commands) -> None:
     step.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                       help="torch.compile mode of the compile baseline; default max-autotune "
                            "on CUDA, default on the CPU")
+    step.add_argument("--precision", choices=config.PRECISIONS, default="fp32",
+                      help="bf16: every variant under bf16 autocast, fp32 weights")
     step.add_argument("--quick", action="store_true", help="batch 64 only, short timings")
     step.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
                       help="where the JSON report goes (default: ./profiles)")

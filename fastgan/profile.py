@@ -2,7 +2,8 @@
 
     warm-up      WARMUP_STEPS steps (compilation, caches, allocator)
     timed        `steps` steps on the wall clock, no profiler: the iteration time, samples/s
-    counted      one step under torch.utils.flop_counter: FLOPs, and fastgan ops' bytes
+    counted      one step under torch.utils.flop_counter, of an eager twin of the run:
+                 FLOPs, and fastgan ops' bytes
     profiled     `steps` steps under torch.profiler: trace.json
 
 and NVML sampled every 50 ms throughout (CUDA). It writes to `out`: trace.json, report.md
@@ -12,6 +13,7 @@ latent-cgan's GAN phase starts on an untrained autoencoder: its step runs the sa
 kernels as after the autoencoder phase, so the profile skips that phase's thousands of steps.
 """
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from torch.profiler import _utils as profiler_utils
 from fastgan import config as cfg
 from fastgan import nvml, roofline
 from fastgan.bench.report import device_name, device_slug
-from fastgan.data import load_dataset
+from fastgan.data import Dataset, load_dataset
 from fastgan.ops._backend import backend_for
 from fastgan.profile_report import write_report
 from fastgan.step import Training
@@ -55,6 +57,17 @@ def enter_phase(training: Training, phase: str) -> None:
     if phase == "ae" and config.mode == "cgan" or phase == "gan" and config.mode == "ae":
         raise cfg.ConfigError(f"--phase: --mode {config.mode} has no {phase} phase")
     training.step = 0 if phase == "ae" else config.ae_phase_steps
+
+
+def count_iteration(config: cfg.TrainConfig, data: Dataset, step: int
+                    ) -> tuple[roofline.OpCounts, int]:
+    """FLOPs and op bytes of one training iteration at `step`, and its bytes lower bound.
+    Counted on a fresh eager run (no compile, no CUDA graph): a graph replay dispatches no
+    ops to count, and the run being measured is left untouched."""
+    config = dataclasses.replace(config, compile=False, cuda_graphs=False)
+    training = Training(config, data, data.x.device)
+    training.step = step
+    return roofline.count_ops(training.train_step), training_bytes(training)
 
 
 def training_bytes(training: Training) -> int:
@@ -183,11 +196,10 @@ def profile(config: cfg.TrainConfig, steps: int = DEFAULT_STEPS, phase: str | No
         sampler.mark("timed")
         iteration_s = _run(step, steps, device)
         sampler.mark("counted")
-        counts = roofline.count_ops(step)
+        counts, nbytes = count_iteration(config, training.data, training.step)
         sampler.mark("profiled")
         profiled_s = _profile(step, steps, device, out / "trace.json")
     breakdown = analyze(read_trace(out / "trace.json"))
-    nbytes = training_bytes(training)
     dtype = "bfloat16" if config.precision == "bf16" else "float32"
     limit = roofline.floor(counts.flops, nbytes, peaks, dtype)
     plot_note = None

@@ -17,15 +17,19 @@ are drawn on the device from the packaged MNIST digits in every variant.
 
 CUDA iterations are timed with triton.testing.do_bench (median), the CPU's on the wall
 clock (median over many iterations after warm-up). samples/s = batch / iteration time.
+Each row also gives fastgan's floor (fastgan/roofline.py): the iteration's FLOPs at the
+measured matmul peak, its bytes at the measured copy bandwidth and, on CUDA, one graph
+launch, whichever is largest; c/floor says how far the measured iteration is from it.
+With --precision bf16 every variant runs under bf16 autocast with fp32 weights.
 """
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,10 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgan import config as cfg
+from fastgan import roofline
 from fastgan.bench.report import new_report, report_path, write_report
 from fastgan.bench.timing import time_fn
 from fastgan.data import Dataset, load_dataset
 from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
+from fastgan.profile import count_iteration
 from fastgan.step import EMA_WARMUP, Training
 
 MODES = ("ae", "cgan", "latent-cgan")
@@ -96,6 +102,9 @@ class PlainIteration:
 
     def __init__(self, c: cfg.TrainConfig, data: Dataset, compile_mode: str | None):
         self.c, self.x, self.y = c, data.x, data.y
+        self.autocast = functools.partial(torch.autocast, data.x.device.type,
+                                          dtype=torch.bfloat16,
+                                          enabled=c.precision == "bf16")
         self.batch, device = c.batch_size, data.x.device
         nc, dim, latent = data.num_classes, data.dim, c.mode == "latent-cgan"
         adam = lambda m, lr: torch.optim.Adam(m.parameters(), lr, betas=c.betas)
@@ -121,7 +130,8 @@ class PlainIteration:
     def __call__(self) -> None:
         if self.c.mode == "ae":
             x = self.x[torch.randint(len(self.x), (self.batch,), device=self.x.device)]
-            loss = F.mse_loss(self.ae(x), x)
+            with self.autocast():
+                loss = F.mse_loss(self.ae(x).float(), x)
             self.ae_opt.zero_grad()
             loss.backward()
             self.ae_opt.step()
@@ -129,20 +139,23 @@ class PlainIteration:
         rows = torch.randint(len(self.x), (self.batch,), device=self.x.device)
         real, real_labels = self.x[rows], self.y[rows]
         noise, labels = self._noise_and_labels()
-        with torch.no_grad():
-            fake = self._generate(noise, labels)
-        real_logits, fake_logits = self.d(real, real_labels), self.d(fake, labels)
-        d_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                  + F.binary_cross_entropy_with_logits(fake_logits,
-                                                       torch.zeros_like(fake_logits)))
+        with self.autocast():
+            with torch.no_grad():
+                fake = self._generate(noise, labels)
+            real_logits, fake_logits = self.d(real, real_labels), self.d(fake, labels)
+            d_loss = (F.binary_cross_entropy_with_logits(real_logits,
+                                                         torch.ones_like(real_logits))
+                      + F.binary_cross_entropy_with_logits(fake_logits,
+                                                           torch.zeros_like(fake_logits)))
         self.d_opt.zero_grad()
         d_loss.backward()
         self.d_opt.step()
 
         noise, labels = self._noise_and_labels()
         self.d_model.requires_grad_(False)
-        logits = self.d(self._generate(noise, labels), labels)
-        g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        with self.autocast():
+            logits = self.d(self._generate(noise, labels), labels)
+            g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         self.g_opt.zero_grad()
         g_loss.backward()
         self.g_opt.step()
@@ -183,8 +196,8 @@ def _backend(name: str | None) -> Iterator[None]:
 
 def fastgan_iteration(c: cfg.TrainConfig, data: Dataset, overrides: dict, backend: str | None,
                       fused_adam: bool) -> Callable[[], object]:
-    training = Training(replace(c, **overrides), data, data.x.device)
-    training.step = c.ae_phase_steps if c.mode == "latent-cgan" else 0  # the GAN phase
+    training = Training(dataclasses.replace(c, **overrides), data, data.x.device)
+    training.step = _first_step(c)
     if not fused_adam:
         for optimizer in training.optimizers.values():
             for group in optimizer.param_groups:
@@ -208,14 +221,30 @@ def _time_iteration(fn: Callable[[], object], device: torch.device, repeat_ms: f
     return time_fn(fn, device, repeat_ms)
 
 
-def _config(mode: str, batch: int, device: torch.device) -> cfg.TrainConfig:
-    c = cfg.TrainConfig(mode=mode, batch_size=batch, steps=10**9, device=device.type)
+def _config(mode: str, batch: int, device: torch.device, precision: str) -> cfg.TrainConfig:
+    c = cfg.TrainConfig(mode=mode, batch_size=batch, steps=10**9, device=device.type,
+                        precision=precision)
     return cfg.resolve_lengths(c, 1)
 
 
+def _first_step(c: cfg.TrainConfig) -> int:
+    return c.ae_phase_steps if c.mode == "latent-cgan" else 0  # latent-cgan: the GAN phase
+
+
+def floor(c: cfg.TrainConfig, data: Dataset, peaks: roofline.Peaks) -> dict:
+    """fastgan's iteration's floor: its FLOPs at the matmul peak, its bytes at the copy
+    bandwidth, one graph launch; the largest of the three (roofline.floor)."""
+    counts, nbytes = count_iteration(c, data, _first_step(c))
+    limit = roofline.floor(counts.flops, nbytes, peaks,
+                           "bfloat16" if c.precision == "bf16" else "float32")
+    return {"flops": counts.flops, "bytes": nbytes, "compute_ms": limit.compute_s * 1e3,
+            "memory_ms": limit.memory_s * 1e3, "launch_ms": limit.launch_s * 1e3,
+            "floor_ms": limit.floor_s * 1e3, "bound": limit.bound}
+
+
 def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_ms: float,
-            compile_mode: str) -> dict:
-    c = _config(mode, batch, device)
+            compile_mode: str, peaks: roofline.Peaks, precision: str = "fp32") -> dict:
+    c = _config(mode, batch, device, precision)
     builders = {
         "eager": lambda: PlainIteration(c, data, None),
         "compile": lambda: PlainIteration(c, data, compile_mode),
@@ -236,18 +265,24 @@ def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_m
     eager, compiled, ours = (row["ms"][k] for k in ("eager", "compile", "fastgan"))
     row["fastgan_vs_eager"] = None if None in (eager, ours) else round(eager / ours, 3)
     row["fastgan_vs_compile"] = None if None in (compiled, ours) else round(compiled / ours, 3)
+    row["floor"] = floor(c, data, peaks)
+    row["fastgan_vs_floor"] = None if ours is None else round(ours / row["floor"]["floor_ms"], 2)
     return row
 
 
 def _table(rows: list[dict], variants: list[str]) -> str:
-    head = ["mode", "batch", *(f"{v} samples/s" for v in variants), "c/a", "c/b"]
+    head = ["mode", "batch", *(f"{v} samples/s" for v in variants), "c/a", "c/b",
+            "floor samples/s", "c/floor"]
     lines = [head]
     for row in rows:
         rates = [f"{r:,.0f}" if (r := row["samples_per_s"][v]) is not None else "error"
                  for v in variants]
         ratios = [f"{r:.2f}x" if (r := row[k]) is not None else "-"
                   for k in ("fastgan_vs_eager", "fastgan_vs_compile")]
-        lines.append([row["mode"], str(row["batch"]), *rates, *ratios])
+        floor_rate = row["batch"] / row["floor"]["floor_ms"] * 1e3
+        to_floor = "-" if row["fastgan_vs_floor"] is None else f"{row['fastgan_vs_floor']:.1f}x"
+        lines.append([row["mode"], str(row["batch"]), *rates, *ratios,
+                      f"{floor_rate:,.0f} ({row['floor']['bound']})", to_floor])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True))
                      for line in lines)
@@ -255,16 +290,19 @@ def _table(rows: list[dict], variants: list[str]) -> str:
 
 def run(device: torch.device, modes: list[str], batches: list[int] | None,
         repeat_ms: float | None, quick: bool, out_dir: Path, command: str,
-        compile_mode: str | None = None) -> Path:
+        compile_mode: str | None = None, precision: str = "fp32") -> Path:
     """Benchmarks every (mode, batch), prints the table and writes the JSON report."""
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES)
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
     compile_mode = compile_mode or DEFAULT_COMPILE_MODE[device.type]
     data = load_dataset("mnist").to(device)
+    peaks = roofline.measure_peaks(device)
     variants = ["eager", "compile", *FASTGAN_VARIANTS[device.type]]
-    report = new_report("step", device, torch.float32, command)
+    report = new_report("step" if precision == "fp32" else f"step-{precision}", device,
+                        torch.float32, command)
     report.update(modes=modes, batches=batches, repeat_ms=repeat_ms, quick=quick,
-                  compile_mode=compile_mode, variants=variants, rows=[])
+                  compile_mode=compile_mode, precision=precision, variants=variants,
+                  peaks=dataclasses.asdict(peaks), rows=[])
     path = report_path(out_dir, report)
     print(f"{report['device']}, fastgan backend {report['fastgan_backend']}, "
           f"{torch.get_num_threads()} CPU threads", flush=True)
@@ -273,7 +311,8 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
             if sys.stderr.isatty():
                 sys.stderr.write(f"\r\033[Kmeasuring {mode} at batch {batch}...")
                 sys.stderr.flush()
-            report["rows"].append(measure(mode, batch, data, device, repeat_ms, compile_mode))
+            report["rows"].append(measure(mode, batch, data, device, repeat_ms, compile_mode,
+                                          peaks, precision))
             write_report(path, report)  # after every row: a run cut short keeps its rows
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
