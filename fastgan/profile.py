@@ -67,6 +67,8 @@ def count_iteration(config: cfg.TrainConfig, data: Dataset, step: int
     config = dataclasses.replace(config, compile=False, cuda_graphs=False)
     training = Training(config, data, data.x.device)
     training.step = step
+    training.train_step()  # a phase's first step makes its tables (latent-cgan: the latents)
+    training.step = step
     return roofline.count_ops(training.train_step), training_bytes(training)
 
 
