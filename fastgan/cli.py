@@ -3,7 +3,9 @@
     fastgan train [options]        train a run (default: latent-cgan on the packaged MNIST)
     fastgan sample --run DIR ...   samples of a trained run, as .png or .npy
     fastgan eval --run DIR         a trained run's held-out metrics
+    fastgan profile [options]      a profiling session: trace, NVML samples, roofline report
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
+    fastgan bench step [options]   time a whole training iteration against the same
 
 Each command is a subparser whose `run` default takes the parsed arguments and returns the
 exit status. Bad input gives one line on stderr, `fastgan: error: ...`, and exit status 2.
@@ -18,7 +20,9 @@ from pathlib import Path
 import torch
 
 from fastgan import api, checkpoint, config, faults
+from fastgan import profile as profiling
 from fastgan.bench import ops as bench_ops
+from fastgan.bench import step as bench_step
 from fastgan.data import DataError, load_dataset
 from fastgan.evaluate import Evaluator
 from fastgan.ops._backend import backend_for
@@ -58,6 +62,15 @@ def int_list(text: str) -> list[int]:
     return batches
 
 
+def mode_list(text: str) -> list[str]:
+    modes = text.split(",")
+    unknown = [m for m in modes if m not in bench_step.MODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated modes of {', '.join(bench_step.MODES)}, got {text!r}")
+    return modes
+
+
 def number(kind: type, accept, expected: str):
     """An argparse type: text -> kind, or a message saying what was expected."""
     def parse(text: str):
@@ -81,32 +94,48 @@ positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive numbe
 # Commands
 
 
-def run_bench_ops(args: argparse.Namespace) -> int:
+def bench_device(args: argparse.Namespace) -> torch.device:
+    """The benchmark's device, with its backend and --out checked before any work."""
     device = resolve_device(args.device)
     try:
-        backend_for(device)  # an unusable FASTGAN_BACKEND is bad input, found before any work
+        backend_for(device)  # an unusable FASTGAN_BACKEND is bad input
     except (ValueError, RuntimeError) as error:
         raise UsageError(str(error)) from error
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--out: cannot create {str(args.out)!r}: {error.strerror}") from error
-    bench_ops.run(device, DTYPES[args.dtype], args.batches, args.repeat_ms, args.quick,
-                  args.out, args.command_line, args.compile_mode)
+    return device
+
+
+def run_bench_ops(args: argparse.Namespace) -> int:
+    bench_ops.run(bench_device(args), DTYPES[args.dtype], args.batches, args.repeat_ms,
+                  args.quick, args.out, args.command_line, args.compile_mode)
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_bench_step(args: argparse.Namespace) -> int:
+    bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
+                   args.out, args.command_line, args.compile_mode, args.precision)
+    return 0
+
+
+def settings(args: argparse.Namespace, saved: dict | None = None) -> config.TrainConfig:
+    """The run's config from the settings flags over --config FILE.toml over `saved`."""
     flags = {name: value for name, value in vars(args).items() if name in config.FIELDS}
     for name in ("dataset", "data_dir"):  # paths, made absolute so config.json stays valid
         if name in flags and flags[name] not in (None, "mnist", "ring", "grid"):
             flags[name] = str(Path(flags[name]).resolve())
+    file_values = config.read_toml(args.config) if args.config else {}
+    return config.build({**(saved or {}), **file_values}, flags)
+
+
+def run_train(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise SetupError("--resume: pass --out DIR, the run to continue")
     saved = args.out / "config.json" if args.out else None
     base = config.read_json(saved) if args.resume and saved.exists() else {}
-    file_values = config.read_toml(args.config) if args.config else {}
-    run_config = config.build({**base, **file_values}, flags)
+    run_config = settings(args, base)
     summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
     headline = {k: v for k, v in summary["metrics"].items()
                 if k in ("recon_mse", "pca_mse", "cond_accuracy", "fd", "fd_data",
@@ -142,12 +171,9 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train(commands) -> None:
-    train_cmd = commands.add_parser(
-        "train", help="train an autoencoder, a conditional GAN, or both (latent-cgan)",
-        argument_default=argparse.SUPPRESS,
-        description="Flags override --config FILE.toml, which overrides the defaults.")
-    add = train_cmd.add_argument
+def add_settings(add, lengths: bool = True) -> None:
+    """The flags of a run's settings (config.TrainConfig) and --config, shared by train and
+    profile; `lengths` adds --steps and --epochs (profile's --steps is its window)."""
     add("--mode", choices=config.MODES,
         help="ae, cgan or latent-cgan (default: latent-cgan; cgan on ring and grid)")
     add("--dataset", metavar="NAME|PATH",
@@ -157,8 +183,10 @@ def add_train(commands) -> None:
     add("--clusters", type=non_negative_int, metavar="K",
         help="without labels, condition on K k-means clusters of the data (self-conditioned "
              "GAN); 0 turns it off (default: 50 on ring and grid, else 0)")
-    add("--steps", type=positive_int, help="optimizer steps of the whole run")
-    add("--epochs", type=positive_float, help="passes over the training split; sets --steps")
+    if lengths:
+        add("--steps", type=positive_int, help="optimizer steps of the whole run")
+        add("--epochs", type=positive_float,
+            help="passes over the training split; sets --steps")
     add("--ae-steps", type=positive_int,
         help="latent-cgan: steps of the autoencoder phase (default: a quarter of --steps)")
     add("--batch-size", type=positive_int)
@@ -181,11 +209,25 @@ def add_train(commands) -> None:
         help="latent-cgan: train the decoder with G in the GAN phase")
     add("--device", choices=config.DEVICES)
     add("--precision", choices=config.PRECISIONS, help="bf16: autocast, fp32 weights")
+    add("--compile", action=argparse.BooleanOptionalAction,
+        help="torch.compile the training step (default: on CUDA, not on the CPU, where "
+             "it measured slower)")
+    add("--cuda-graphs", action=argparse.BooleanOptionalAction,
+        help="on CUDA, replay each training iteration as one CUDA graph (default: on)")
     add("--seed", type=non_negative_int)
+    add("--config", type=Path, default=None, metavar="FILE.toml")
+
+
+def add_train(commands) -> None:
+    train_cmd = commands.add_parser(
+        "train", help="train an autoencoder, a conditional GAN, or both (latent-cgan)",
+        argument_default=argparse.SUPPRESS,
+        description="Flags override --config FILE.toml, which overrides the defaults.")
+    add = train_cmd.add_argument
+    add_settings(add)
     add("--log-every", type=positive_int)
     add("--eval-every", type=positive_int)
     add("--checkpoint-every", type=positive_int, metavar="N", help="steps between last.pt")
-    add("--config", type=Path, default=None, metavar="FILE.toml")
     add("--out", type=Path, default=None, metavar="DIR",
         help="the run directory (default: runs/<dataset>-<mode>-<time>)")
     add("--resume", action="store_true", default=False,
@@ -217,6 +259,41 @@ def _commas(numbers: list[int]) -> str:
     return ",".join(map(str, numbers))
 
 
+def run_profile(args: argparse.Namespace) -> int:
+    summary = profiling.profile(
+        settings(args), steps=args.window, phase=args.phase, out=args.out,
+        warmup=args.warmup, overwrite=args.overwrite, refresh_peaks=args.measure_peaks,
+        command=args.command_line)
+    print(f"fastgan: wrote {summary['out']}: {summary['iteration_ms']:.3f} ms per iteration, "
+          f"{summary['samples_per_s']:,.0f} samples/s, "
+          f"{summary['iteration_ms'] / summary['floor_ms']:.1f}x the "
+          f"{summary['floor_ms']:.3f} ms floor ({summary['bound']}-bound)")
+    return 0
+
+
+def add_profile(commands) -> None:
+    profile = commands.add_parser(
+        "profile", argument_default=argparse.SUPPRESS,
+        help="profile one training phase: trace, NVML samples and a roofline report",
+        description="Warm-up steps, then a timed and a profiled window of --steps steps of "
+                    "one phase. Takes train's settings flags; --steps is the window.")
+    add = profile.add_argument
+    add_settings(add, lengths=False)
+    add("--steps", type=positive_int, dest="window", default=profiling.DEFAULT_STEPS,
+        metavar="N", help=f"steps timed and steps profiled (default {profiling.DEFAULT_STEPS})")
+    add("--warmup", type=non_negative_int, default=profiling.WARMUP_STEPS, metavar="N",
+        help=f"steps before them (default {profiling.WARMUP_STEPS})")
+    add("--phase", choices=profiling.PHASES, default=None,
+        help="the phase to profile (default: gan, or ae in --mode ae)")
+    add("--out", type=Path, default=None, metavar="DIR",
+        help="default: profiles/<date>-<device>-<dataset>-<mode>-<phase>-b<batch>")
+    add("--overwrite", action="store_true", default=False,
+        help="replace the profile in --out")
+    add("--measure-peaks", action="store_true", default=False,
+        help="measure the device's peaks again instead of reading the cached ones")
+    profile.set_defaults(run=run_profile)
+
+
 def add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
@@ -243,6 +320,29 @@ def add_bench(commands) -> None:
                           f"{bench_ops.QUICK_REPEAT_MS:g} with --quick")
     ops.set_defaults(run=run_bench_ops)
 
+    step = benchmarks.add_parser(
+        "step", help="a whole training iteration against plain PyTorch and torch.compile")
+    step.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="default: cuda when a GPU is available, else cpu")
+    step.add_argument("--modes", type=mode_list, default=list(bench_step.DEFAULT_MODES),
+                      metavar="MODE,...", help="of " + ", ".join(bench_step.MODES)
+                      + f" (default {','.join(bench_step.DEFAULT_MODES)})")
+    step.add_argument("--batches", type=int_list, metavar="N,N,...",
+                      help=f"batch sizes; default {_commas(bench_step.DEFAULT_BATCHES)}")
+    step.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+                      help="torch.compile mode of the compile baseline; default max-autotune "
+                           "on CUDA, default on the CPU")
+    step.add_argument("--precision", choices=config.PRECISIONS, default="fp32",
+                      help="bf16: every variant under bf16 autocast, fp32 weights")
+    step.add_argument("--quick", action="store_true", help="batch 64 only, short timings")
+    step.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
+                      help="where the JSON report goes (default: ./profiles)")
+    step.add_argument("--repeat-ms", type=positive_float, metavar="MS",
+                      help="time spent timing each variant; default "
+                           f"{bench_step.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
+                           f"{bench_step.DEFAULT_REPEAT_MS['cpu']:g} on cpu")
+    step.set_defaults(run=run_bench_step)
+
 
 def build_parser() -> Parser:
     parser = Parser(prog="fastgan", description="Fused ops and a fast trainer for "
@@ -250,6 +350,7 @@ def build_parser() -> Parser:
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     add_train(commands)
     add_run_commands(commands)
+    add_profile(commands)
     add_bench(commands)
     return parser
 

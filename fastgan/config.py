@@ -54,6 +54,8 @@ class TrainConfig:
     finetune_decoder: bool = False  # latent-cgan: train the decoder with G in the GAN phase
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool | None = None  # torch.compile the losses; None: on CUDA only (fastest)
+    cuda_graphs: bool = True  # on CUDA, each iteration is one CUDA graph replay
     seed: int = 0
     log_every: int = 50
     eval_every: int = 1000

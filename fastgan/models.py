@@ -9,11 +9,19 @@ unconditional and take no labels.
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastgan.nn import FusedLinear
+from fastgan.ops._torch_impl import activate as _activate
+from fastgan.ops.codes import ACTIVATION_CODES
 
 LEAKY_SLOPE = 0.2
+
+
+def activate(z: Tensor, activation: str, negative_slope: float) -> Tensor:
+    return _activate(z, ACTIVATION_CODES[activation], negative_slope)
+
 MAX_EMBEDDING = 128  # label embeddings are as wide as the number of classes, up to this
 
 
@@ -48,7 +56,15 @@ class Autoencoder(nn.Module):
 
 class _Conditioned(nn.Module):
     """An MLP whose input is its first argument concatenated with a label embedding, `pack`
-    consecutive rows side by side."""
+    consecutive rows side by side.
+
+    The first layer's weight is kept as two parameters: `net[0].weight` for the input's
+    columns and `label_weight` for the embedding's. The layer computes
+    act(x @ W_x.T + b + e @ W_e.T), the same as act([x, e] @ W.T + b), without building
+    [x, e]: the gradient for the embedding then costs a (rows x width) GEMM, not a full
+    input gradient through W (D's step would otherwise compute dL/dx, 794 columns wide, for
+    the 10 columns of the embedding). Both start with the values nn.Linear would give W.
+    """
 
     def __init__(self, in_dim: int, num_classes: int, sizes: Sequence[int], out_activation: str,
                  pack: int = 1):
@@ -57,16 +73,30 @@ class _Conditioned(nn.Module):
         width = min(num_classes, MAX_EMBEDDING)
         self.embed = nn.Embedding(num_classes, width) if num_classes else None
         self.net = mlp([(in_dim + width) * pack, *sizes], out_activation)
+        if self.embed is not None:  # split the first layer's columns: input | embedding
+            first = self.net[0]
+            columns = torch.arange((in_dim + width) * pack).reshape(pack, in_dim + width)
+            data_columns, label_columns = columns[:, :in_dim].flatten(), \
+                columns[:, in_dim:].flatten()
+            self.label_weight = nn.Parameter(first.weight.detach()[:, label_columns].clone())
+            first.weight = nn.Parameter(first.weight.detach()[:, data_columns].clone())
+            first.in_features = in_dim * pack
+            self.first_activation = first.activation
+            first.activation = "none"  # applied after the label term is added
 
     def forward(self, inputs: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError(f"labels: expected class indices in [0, {self.num_classes}) "
-                                 "for a conditional model, got None")
-            inputs = torch.cat([inputs, self.embed(labels).to(inputs.dtype)], dim=1)
-        if self.pack > 1:
-            inputs = inputs.reshape(len(inputs) // self.pack, -1)
-        return self.net(inputs)
+        rows = len(inputs) // self.pack
+        x = inputs.reshape(rows, -1) if self.pack > 1 else inputs
+        if self.embed is None:
+            return self.net(x)
+        if labels is None:
+            raise ValueError(f"labels: expected class indices in [0, {self.num_classes}) "
+                             "for a conditional model, got None")
+        first = self.net[0]
+        e = self.embed(labels).to(x.dtype).reshape(rows, -1)
+        z = first(x) + F.linear(e, self.label_weight.to(x.dtype))
+        h = activate(z, self.first_activation, first.negative_slope)
+        return self.net[1:](h)
 
 
 class Generator(_Conditioned):

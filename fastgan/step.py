@@ -7,6 +7,13 @@
 Every random draw (batches, noise, labels, augmentation) comes from one torch.Generator on
 the training device, saved in checkpoints: that is what makes --resume bit-exact.
 
+How an iteration runs (the engine): the loss computations are torch.compile'd (--compile;
+by default on CUDA only: on a 2-core CPU compiled small MLPs ran slower than eager), the
+optimizers are fused Adam (one multi-tensor kernel per update, also on the CPU), and on
+CUDA each phase's whole iteration is one CUDA graph (fastgan/graphs.py; --no-cuda-graphs
+turns it off). Nothing in an iteration syncs with the host, so every path runs the same
+step code: the EMA's decay, for one, comes from a step counter on the device.
+
 In latent-cgan mode G makes *standardized* autoencoder latents (the encoder's training-set
 mean and std are buffers of the autoencoder): G starts near the latent distribution instead
 of having to grow its outputs to the latents' scale, which made training several times
@@ -16,17 +23,19 @@ decoder's blur alone.
 """
 
 import copy
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from fastgan.config import TrainConfig, conditioning
 from fastgan.data import BatchSampler, Dataset, kmeans_labels
+from fastgan.graphs import GraphedStep, supports_graphs
 from fastgan.models import Autoencoder, Discriminator, Generator
 from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
 
 EMA_WARMUP = 10  # the EMA's decay ramps up as (1 + t) / (EMA_WARMUP + t)
+FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where torch.optim.Adam(fused=True) has a kernel
 
 
 def build_models(config: TrainConfig, dim: int, num_classes: int, image: bool
@@ -74,18 +83,27 @@ class Training:
             for name in ("generator", "ema_generator"):
                 self.models[name].label_prior.copy_(prior / prior.sum())
         self.sampler = BatchSampler(data.x, labels, config.batch_size, self.rng)
+        self.compiled = device.type == "cuda" if config.compile is None else config.compile
+        self.graphed = config.cuda_graphs and supports_graphs(device) is None
+        self._adam_flags = {"fused": device.type in FUSED_ADAM_DEVICES,
+                            "capturable": self.graphed}
         self.optimizers = self._optimizers()
         self.step = 0
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                         if config.precision == "bf16" else nullcontext())
         self._gan_data = None  # latent-cgan: made when the GAN phase starts
         if "generator" in self.models:  # (EMA parameters, G parameters), listed once
             self._ema_pairs = tuple(list(self.models[name].parameters())
                                     for name in ("ema_generator", "generator"))
+            self._ema_steps = torch.zeros((), device=device)  # GAN steps taken, on the device
+        compile_ = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) \
+            if self.compiled else (lambda f: f)
+        self._ae_loss, self._d_loss, self._g_loss = (
+            compile_(self._ae_loss), compile_(self._d_loss), compile_(self._g_loss))
+        self._graphs: dict[str, GraphedStep] = {}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c, m = self.config, self.models
-        adam = lambda params, lr: torch.optim.Adam(params, lr, betas=c.betas)
+        adam = lambda params, lr: torch.optim.Adam(params, lr, betas=c.betas,
+                                                   **self._adam_flags)
         optimizers = {}
         if "autoencoder" in m:
             optimizers["autoencoder"] = adam(m["autoencoder"].parameters(), c.lr_ae)
@@ -102,8 +120,15 @@ class Training:
         return "ae" if self.step < self.config.ae_phase_steps else "gan"
 
     def train_step(self) -> dict[str, Tensor]:
-        """One optimizer step of the current phase; the losses stay on the device."""
-        losses = self._ae_step() if self.phase == "ae" else self._gan_step()
+        """One iteration of the current phase; the losses stay on the device (when graphed,
+        they are the graph's outputs: read them before the next step)."""
+        phase = self.phase
+        step = self._ae_step if phase == "ae" else self._gan_step
+        if self.graphed:
+            if phase not in self._graphs:
+                self._graphs = {phase: GraphedStep(step, (self.rng,))}  # frees the last one
+            step = self._graphs[phase]
+        losses = step()
         self.step += 1
         return losses
 
@@ -118,19 +143,33 @@ class Training:
             module.load_state_dict(state["models"][name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+            _use_flags(optimizer, self._adam_flags)
         self.rng.set_state(state["rng"])
         self.step = state["step"]
+        if "generator" in self.models:
+            self._ema_steps.fill_(max(0, self.step - self.config.ae_phase_steps))
         self._gan_data = None  # remade from the loaded autoencoder
+        self._graphs = {}  # they recorded the tensors just replaced
 
     # ---- autoencoder ---------------------------------------------------------------------
 
+    def autocast(self):
+        # A new context per use: torch.compile traces one made inside the compiled code.
+        # No weight cache: fastgan's ops cast their own inputs, and the cache's tensors
+        # would outlive a CUDA graph capture.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False,
+                              enabled=self.config.precision == "bf16")
+
     def _ae_step(self) -> dict[str, Tensor]:
         x, _ = self.sampler()
-        with self.autocast:
-            reconstruction = self.models["autoencoder"](x)
-        loss = mse_loss(reconstruction.float(), x)
+        loss = self._ae_loss(x)
         self._update("autoencoder", loss)
         return {"ae": loss.detach()}
+
+    def _ae_loss(self, x: Tensor) -> Tensor:
+        with self.autocast():
+            reconstruction = self.models["autoencoder"](x)
+        return mse_loss(reconstruction.float(), x)
 
     # ---- GAN -----------------------------------------------------------------------------
 
@@ -149,25 +188,37 @@ class Training:
         return noise, self.sampler.y[rows]
 
     def _gan_step(self) -> dict[str, Tensor]:
-        c, G, D = self.config, self.models["generator"], self.models["discriminator"]
         real, real_labels = self._real_batch()
-        noise, labels = self.noise_and_labels(c.batch_size)
-        with self.autocast:
+        noise, labels = self.noise_and_labels(self.config.batch_size)
+        d_loss = self._d_loss(real, real_labels, noise, labels)
+        self._update("discriminator", d_loss)
+
+        noise, labels = self.noise_and_labels(self.config.batch_size)
+        with frozen(self.models["discriminator"]):  # G's step: no gradients for D's weights
+            g_loss = self._g_loss(noise, labels)
+        self._update("generator", g_loss)
+        self._update_ema()
+        return {"d": d_loss.detach(), "g": g_loss.detach()}
+
+    def _d_loss(self, real: Tensor, real_labels: Tensor | None, noise: Tensor,
+                labels: Tensor | None) -> Tensor:
+        """D's loss on a real batch and on G's samples for (noise, labels), in one D
+        forward."""
+        G, D = self.models["generator"], self.models["discriminator"]
+        with self.autocast():
             with torch.no_grad():
                 fake = self.decode(G(noise, labels))
             both_labels = None if labels is None else torch.cat([real_labels, labels])
             logits = D(torch.cat([real, fake.to(real.dtype)]), both_labels).float()
         real_logits, fake_logits = logits.chunk(2)
-        d_loss = gan_d_loss(real_logits, fake_logits, real_target=1.0 - c.label_smoothing)
-        self._update("discriminator", d_loss)
+        return gan_d_loss(real_logits, fake_logits,
+                          real_target=1.0 - self.config.label_smoothing)
 
-        noise, labels = self.noise_and_labels(c.batch_size)
-        with frozen(D), self.autocast:
-            logits = D(self.decode(G(noise, labels)), labels).float()
-        g_loss = gan_g_loss(logits)
-        self._update("generator", g_loss)
-        self._update_ema()
-        return {"d": d_loss.detach(), "g": g_loss.detach()}
+    def _g_loss(self, noise: Tensor, labels: Tensor | None) -> Tensor:
+        with self.autocast():
+            logits = self.models["discriminator"](
+                self.decode(self.models["generator"](noise, labels)), labels).float()
+        return gan_g_loss(logits)
 
     def _update(self, name: str, loss: Tensor) -> None:
         optimizer = self.optimizers[name]
@@ -177,9 +228,14 @@ class Training:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        t = self.step - self.config.ae_phase_steps
-        decay = min(self.config.ema_decay, (1 + t) / (EMA_WARMUP + t))
-        torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1.0 - decay)
+        """ema = decay * ema + (1 - decay) * G, decay = min(ema_decay, (1 + t) / (10 + t))
+        after t GAN steps, computed on the device."""
+        t = self._ema_steps
+        decay = ((1 + t) / (EMA_WARMUP + t)).clamp_max(self.config.ema_decay)
+        ema, params = self._ema_pairs
+        torch._foreach_mul_(ema, decay)
+        torch._foreach_add_(ema, torch._foreach_mul(params, 1 - decay))
+        t.add_(1)
 
     def _real_batch(self) -> tuple[Tensor, Tensor | None]:
         if self.config.mode != "latent-cgan":
@@ -187,6 +243,19 @@ class Training:
         if self._gan_data is None:
             self._gan_data = GanData(self)
         return self._gan_data.real_batch()
+
+
+def _use_flags(optimizer: torch.optim.Optimizer, flags: dict) -> None:
+    """A loaded optimizer state carries the implementation flags (fused, capturable) of the
+    run that saved it: use this run's, with Adam's step counts where they need to be
+    (on the parameters' device for fused and capturable updates, else on the CPU)."""
+    for group in optimizer.param_groups:
+        group.update(flags)
+    on_device = flags["fused"] or flags["capturable"]
+    for param, state in optimizer.state.items():
+        if "step" in state:
+            state["step"] = state["step"].to(param.device if on_device else "cpu",
+                                             torch.float32)
 
 
 class GanData:

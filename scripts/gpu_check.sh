@@ -4,12 +4,16 @@
 #
 #     OUT=/some/dir scripts/gpu_check.sh        (OUT defaults to ./gpu_out)
 #
-# Writes to $OUT: env.txt, install.txt, pytest_cuda.txt, bench_ops.txt, the bench's
-# ops-<gpu>-<date>.json, train.txt and train-cuda/ (a short default training run's
-# config, metrics, summary and last sample grid), pytest.txt, and status.txt with each
-# step's exit status and seconds. The most telling steps run first; a failing step does not
-# stop the ones after it, and the script exits 1 if any failed. The timeouts keep the whole
-# run under 8 minutes (60 + 90 + 150 + 120 + 100 s, plus nvidia-smi).
+# Writes to $OUT: env.txt, install.txt, pytest_cuda.txt, bench_step.txt and
+# step-<gpu>-<date>.json (the training iteration against eager and torch.compile),
+# bench_ops.txt and ops-<gpu>-<date>.json, profile.txt and profile-b64/, profile-b4096/ (`fastgan profile` of
+# the default model: trace, NVML samples and plot, report), train.txt and train-cuda/ (a
+# short default training run's config, metrics, summary and last sample grid), pytest.txt,
+# and status.txt with each step's exit status and seconds. The most telling steps run
+# first; a failing step does not stop the ones after it, and the script exits 1 if any
+# failed. The timeouts add up to 10 minutes (60 + 100 + 170 + 90 + 2 x 45 + 45 + 45 s):
+# the device's limit per call. The last steps are the least telling; call it with
+# timeout_s 600, and a session that must rerun it needs a fresh budget.
 set -u -o pipefail
 
 OUT=${OUT:-./gpu_out}
@@ -49,16 +53,37 @@ print("GPU", torch.cuda.get_device_name())' || status=1
 
 cuda_tests() {
     # The checks that only a GPU can make: no host sync, CUDA-graph capture, compile.
-    timeout -k 10 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 |
+    timeout -k 10 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 |
         tee "$OUT/pytest_cuda.txt"
+}
+
+bench_step() {
+    # The engine's targets: c/a at batch 64 and c/b at every batch, against max-autotune
+    # (autotuning costs time, so batches 64 and 4096 here; the JSON is rewritten after every
+    # row, so a timeout still leaves the rows measured so far).
+    timeout -k 10 170 python3 -m fastgan bench step --device cuda --batches 64,4096 \
+        --out "$OUT" 2>&1 | tee "$OUT/bench_step.txt"
 }
 
 bench_ops() {
     # Default compile mode: max-autotune would autotune every GEMM of every case, far past
-    # this script's budget. The JSON records the mode; it is rewritten after every case, so
-    # a timeout still leaves the rows measured so far.
-    timeout -k 10 150 python3 -m fastgan bench ops --device cuda --batches 64,4096,65536 \
+    # this script's budget. The JSON records the mode.
+    timeout -k 10 45 python3 -m fastgan bench ops --device cuda --batches 64,4096 --quick \
         --compile-mode default --out "$OUT" 2>&1 | tee "$OUT/bench_ops.txt"
+}
+
+profile_cuda() {
+    # The default model's GAN phase at a small and a large batch: the first measures and
+    # caches the GPU's peaks. trace.json comes back gzipped (on the CPU path the default
+    # 30 steps make 12 MB of JSON, 0.8 MB gzipped).
+    local status=0 batch
+    for batch in 64 4096; do
+        timeout -k 10 45 python3 -m fastgan profile --device cuda --batch-size "$batch" \
+            --out "$OUT/profile-b$batch" --overwrite 2>&1 | tee -a "$OUT/profile.txt"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        gzip -f "$OUT/profile-b$batch/trace.json" 2>/dev/null
+    done
+    return "$status"
 }
 
 train_cuda() {
@@ -66,7 +91,7 @@ train_cuda() {
     # (tens of MB), the small files come back.
     local run=/tmp/fastgan-train-cuda
     rm -rf "$run"
-    timeout -k 10 120 python3 -m fastgan train --device cuda --steps 4000 --ae-steps 1000 \
+    timeout -k 10 90 python3 -m fastgan train --device cuda --steps 4000 --ae-steps 1000 \
         --out "$run" 2>&1 | tr '\r' '\n' | tail -n 40 | tee "$OUT/train.txt"
     local status=${PIPESTATUS[0]}
     mkdir -p "$OUT/train-cuda"
@@ -83,7 +108,7 @@ all_tests() {
         select=(-k "not cpp")
         echo "ninja is not installed: the C++ backend's tests are left out" >"$OUT/pytest.txt"
     fi
-    timeout -k 10 100 python3 -m pytest -q -p no:cacheprovider "${select[@]}" tests 2>&1 |
+    timeout -k 10 45 python3 -m pytest -q -x -p no:cacheprovider "${select[@]}" tests 2>&1 |
         tee -a "$OUT/pytest.txt"
 }
 
@@ -97,8 +122,10 @@ else
     echo "tests 127 0s" >>"$OUT/status.txt"
     failed=1
 fi
-step bench_ops bench_ops
+step bench_step bench_step
 step train_cuda train_cuda
+step profile_cuda profile_cuda
+step bench_ops bench_ops
 if python3 -c 'import pytest' 2>/dev/null; then
     step all_tests all_tests
 fi

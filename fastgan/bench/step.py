@@ -1,0 +1,324 @@
+"""`fastgan bench step`: one whole training iteration of the default models, per mode and
+batch size, for
+
+    eager     plain PyTorch as people write it: nn.Linear + nn.LeakyReLU MLPs, nn.Embedding
+              conditioning, F.binary_cross_entropy_with_logits / F.mse_loss,
+              torch.optim.Adam with its defaults, a per-parameter EMA loop
+    compile   the same, with each model torch.compile'd (mode max-autotune on CUDA,
+              default on the CPU)
+    fastgan   fastgan's Training.train_step, as `fastgan train` runs it by default
+    ablations fastgan with one piece changed (CUDA: without graphs, without compile, without
+              either; CPU: compiled, plain-PyTorch ops, unfused Adam)
+
+Every variant does the same work per iteration: ae is one autoencoder step; cgan and
+latent-cgan are one D step (real and fake batches) and one G step with D frozen, then the
+EMA of G. latent-cgan's G makes latents that the frozen decoder turns into images. Batches
+are drawn on the device from the packaged MNIST digits in every variant.
+
+CUDA iterations are timed with triton.testing.do_bench (median), the CPU's on the wall
+clock (median over many iterations after warm-up). samples/s = batch / iteration time.
+Each row also gives fastgan's floor (fastgan/roofline.py): the iteration's FLOPs at the
+measured matmul peak, its bytes at the measured copy bandwidth and, on CUDA, one graph
+launch, whichever is largest; c/floor says how far the measured iteration is from it.
+With --precision bf16 every variant runs under bf16 autocast with fp32 weights.
+"""
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan import config as cfg
+from fastgan import roofline
+from fastgan.bench.report import new_report, report_path, write_report
+from fastgan.bench.timing import time_fn
+from fastgan.data import Dataset, load_dataset
+from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
+from fastgan.profile import count_iteration
+from fastgan.step import EMA_WARMUP, Training
+
+MODES = ("ae", "cgan", "latent-cgan")
+DEFAULT_MODES = ("cgan", "latent-cgan")
+DEFAULT_BATCHES = [64, 256, 1024, 4096]
+QUICK_BATCHES = [64]
+DEFAULT_REPEAT_MS = {"cuda": 200.0, "cpu": 1500.0}
+QUICK_REPEAT_MS = 30.0
+WARMUP_ITERATIONS = 10  # before timing: compilation, graph capture, lazy optimizer state
+DEFAULT_COMPILE_MODE = {"cuda": "max-autotune", "cpu": "default"}
+
+# fastgan variants: (config overrides, FASTGAN_BACKEND, fused Adam). The first is fastgan as
+# `fastgan train` runs it on that device; each other changes one piece of it.
+FASTGAN_VARIANTS = {
+    "cuda": {
+        "fastgan": ({}, None, True),
+        "fastgan_no_graphs": ({"cuda_graphs": False}, None, True),
+        "fastgan_no_compile": ({"compile": False}, None, True),
+        "fastgan_no_compile_no_graphs": ({"compile": False, "cuda_graphs": False}, None, True),
+    },
+    "cpu": {
+        "fastgan": ({}, None, True),
+        "fastgan_compiled": ({"compile": True}, None, True),
+        "fastgan_torch_ops": ({}, "torch", True),
+        "fastgan_unfused_adam": ({}, None, False),
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The plain PyTorch reference.
+
+
+def _plain_mlp(sizes: list[int], sigmoid: bool) -> nn.Sequential:
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1], strict=True):
+        layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(LEAKY_SLOPE)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    if sigmoid:
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+class _PlainConditioned(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, sizes: list[int], sigmoid: bool):
+        super().__init__()
+        width = min(num_classes, MAX_EMBEDDING)
+        self.embed = nn.Embedding(num_classes, width)
+        self.net = _plain_mlp([in_dim + width, *sizes], sigmoid)
+
+    def forward(self, x, labels):
+        return self.net(torch.cat([x, self.embed(labels)], dim=1))
+
+
+class PlainIteration:
+    """The reference iteration for `mode`, on the models `fastgan train` would build."""
+
+    def __init__(self, c: cfg.TrainConfig, data: Dataset, compile_mode: str | None):
+        self.c, self.x, self.y = c, data.x, data.y
+        self.autocast = functools.partial(torch.autocast, data.x.device.type,
+                                          dtype=torch.bfloat16,
+                                          enabled=c.precision == "bf16")
+        self.batch, device = c.batch_size, data.x.device
+        nc, dim, latent = data.num_classes, data.dim, c.mode == "latent-cgan"
+        adam = lambda m, lr: torch.optim.Adam(m.parameters(), lr, betas=c.betas)
+        compiled = (lambda m: torch.compile(m, mode=compile_mode)) if compile_mode else \
+            (lambda m: m)
+        if c.mode == "ae":
+            ae = nn.Sequential(_plain_mlp([dim, *c.ae_hidden, c.latent_dim], False),
+                               _plain_mlp([c.latent_dim, *reversed(c.ae_hidden), dim], True))
+            self.ae, self.ae_opt = compiled(ae.to(device)), adam(ae, c.lr_ae)
+            return
+        g = _PlainConditioned(c.noise_dim, nc, [*c.g_hidden, c.latent_dim if latent else dim],
+                              not latent).to(device)
+        d = _PlainConditioned(dim, nc, [*c.d_hidden, 1], False).to(device)
+        self.ema = copy.deepcopy(g).requires_grad_(False)
+        self.g_params, self.ema_params = list(g.parameters()), list(self.ema.parameters())
+        self.g_opt, self.d_opt = adam(g, c.lr), adam(d, c.lr)
+        self.d_model = d
+        self.g, self.d = compiled(g), compiled(d)
+        decoder = _plain_mlp([c.latent_dim, *reversed(c.ae_hidden), dim], True)
+        self.decoder = compiled(decoder.to(device).requires_grad_(False)) if latent else None
+        self.t = 0
+
+    def __call__(self) -> None:
+        if self.c.mode == "ae":
+            x = self.x[torch.randint(len(self.x), (self.batch,), device=self.x.device)]
+            with self.autocast():
+                loss = F.mse_loss(self.ae(x).float(), x)
+            self.ae_opt.zero_grad()
+            loss.backward()
+            self.ae_opt.step()
+            return
+        rows = torch.randint(len(self.x), (self.batch,), device=self.x.device)
+        real, real_labels = self.x[rows], self.y[rows]
+        noise, labels = self._noise_and_labels()
+        with self.autocast():
+            with torch.no_grad():
+                fake = self._generate(noise, labels)
+            real_logits, fake_logits = self.d(real, real_labels), self.d(fake, labels)
+            d_loss = (F.binary_cross_entropy_with_logits(real_logits,
+                                                         torch.ones_like(real_logits))
+                      + F.binary_cross_entropy_with_logits(fake_logits,
+                                                           torch.zeros_like(fake_logits)))
+        self.d_opt.zero_grad()
+        d_loss.backward()
+        self.d_opt.step()
+
+        noise, labels = self._noise_and_labels()
+        self.d_model.requires_grad_(False)
+        with self.autocast():
+            logits = self.d(self._generate(noise, labels), labels)
+            g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        self.g_opt.zero_grad()
+        g_loss.backward()
+        self.g_opt.step()
+        self.d_model.requires_grad_(True)
+        decay = min(self.c.ema_decay, (1 + self.t) / (EMA_WARMUP + self.t))
+        with torch.no_grad():
+            for ema, param in zip(self.ema_params, self.g_params, strict=True):
+                ema.lerp_(param, 1 - decay)
+        self.t += 1
+
+    def _noise_and_labels(self):
+        noise = torch.randn(self.batch, self.c.noise_dim, device=self.x.device)
+        rows = torch.randint(len(self.y), (self.batch,), device=self.x.device)
+        return noise, self.y[rows]
+
+    def _generate(self, noise, labels):
+        out = self.g(noise, labels)
+        return self.decoder(out) if self.decoder is not None else out
+
+
+# ---------------------------------------------------------------------------------------
+# fastgan's iteration.
+
+
+@contextlib.contextmanager
+def _backend(name: str | None) -> Iterator[None]:
+    saved = os.environ.get("FASTGAN_BACKEND")
+    if name is not None:
+        os.environ["FASTGAN_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("FASTGAN_BACKEND", None)
+        else:
+            os.environ["FASTGAN_BACKEND"] = saved
+
+
+def fastgan_iteration(c: cfg.TrainConfig, data: Dataset, overrides: dict, backend: str | None,
+                      fused_adam: bool) -> Callable[[], object]:
+    training = Training(dataclasses.replace(c, **overrides), data, data.x.device)
+    training.step = _first_step(c)
+    if not fused_adam:
+        for optimizer in training.optimizers.values():
+            for group in optimizer.param_groups:
+                group["fused"] = False
+
+    def iteration():
+        with _backend(backend):
+            training.train_step()
+    return iteration
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark.
+
+
+def _time_iteration(fn: Callable[[], object], device: torch.device, repeat_ms: float) -> float:
+    for _ in range(WARMUP_ITERATIONS):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time_fn(fn, device, repeat_ms)
+
+
+def _config(mode: str, batch: int, device: torch.device, precision: str) -> cfg.TrainConfig:
+    c = cfg.TrainConfig(mode=mode, batch_size=batch, steps=10**9, device=device.type,
+                        precision=precision)
+    return cfg.resolve_lengths(c, 1)
+
+
+def _first_step(c: cfg.TrainConfig) -> int:
+    return c.ae_phase_steps if c.mode == "latent-cgan" else 0  # latent-cgan: the GAN phase
+
+
+def floor(c: cfg.TrainConfig, data: Dataset, peaks: roofline.Peaks) -> dict:
+    """fastgan's iteration's floor: its FLOPs at the matmul peak, its bytes at the copy
+    bandwidth, one graph launch; the largest of the three (roofline.floor)."""
+    counts, nbytes = count_iteration(c, data, _first_step(c))
+    limit = roofline.floor(counts.flops, nbytes, peaks,
+                           "bfloat16" if c.precision == "bf16" else "float32")
+    return {"flops": counts.flops, "bytes": nbytes, "compute_ms": limit.compute_s * 1e3,
+            "memory_ms": limit.memory_s * 1e3, "launch_ms": limit.launch_s * 1e3,
+            "floor_ms": limit.floor_s * 1e3, "bound": limit.bound}
+
+
+def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_ms: float,
+            compile_mode: str, peaks: roofline.Peaks, precision: str = "fp32") -> dict:
+    c = _config(mode, batch, device, precision)
+    builders = {
+        "eager": lambda: PlainIteration(c, data, None),
+        "compile": lambda: PlainIteration(c, data, compile_mode),
+        **{name: functools.partial(fastgan_iteration, c, data, *variant)
+           for name, variant in FASTGAN_VARIANTS[device.type].items()},
+    }
+    row = {"mode": mode, "batch": batch, "ms": {}, "samples_per_s": {}, "errors": {}}
+    for name, build in builders.items():
+        torch._dynamo.reset()  # each variant compiles afresh
+        torch.manual_seed(0)
+        try:
+            ms = _time_iteration(build(), device, repeat_ms)
+        except Exception as error:  # record it and go on: one broken variant spoils no others
+            row["errors"][name] = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            ms = None
+        row["ms"][name] = ms
+        row["samples_per_s"][name] = None if ms is None else round(batch / ms * 1e3, 1)
+    eager, compiled, ours = (row["ms"][k] for k in ("eager", "compile", "fastgan"))
+    row["fastgan_vs_eager"] = None if None in (eager, ours) else round(eager / ours, 3)
+    row["fastgan_vs_compile"] = None if None in (compiled, ours) else round(compiled / ours, 3)
+    row["floor"] = floor(c, data, peaks)
+    row["fastgan_vs_floor"] = None if ours is None else round(ours / row["floor"]["floor_ms"], 2)
+    return row
+
+
+def _table(rows: list[dict], variants: list[str]) -> str:
+    head = ["mode", "batch", *(f"{v} samples/s" for v in variants), "c/a", "c/b",
+            "floor samples/s", "c/floor"]
+    lines = [head]
+    for row in rows:
+        rates = [f"{r:,.0f}" if (r := row["samples_per_s"][v]) is not None else "error"
+                 for v in variants]
+        ratios = [f"{r:.2f}x" if (r := row[k]) is not None else "-"
+                  for k in ("fastgan_vs_eager", "fastgan_vs_compile")]
+        floor_rate = row["batch"] / row["floor"]["floor_ms"] * 1e3
+        to_floor = "-" if row["fastgan_vs_floor"] is None else f"{row['fastgan_vs_floor']:.1f}x"
+        lines.append([row["mode"], str(row["batch"]), *rates, *ratios,
+                      f"{floor_rate:,.0f} ({row['floor']['bound']})", to_floor])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True))
+                     for line in lines)
+
+
+def run(device: torch.device, modes: list[str], batches: list[int] | None,
+        repeat_ms: float | None, quick: bool, out_dir: Path, command: str,
+        compile_mode: str | None = None, precision: str = "fp32") -> Path:
+    """Benchmarks every (mode, batch), prints the table and writes the JSON report."""
+    batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES)
+    repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
+    compile_mode = compile_mode or DEFAULT_COMPILE_MODE[device.type]
+    data = load_dataset("mnist").to(device)
+    peaks = roofline.measure_peaks(device)
+    variants = ["eager", "compile", *FASTGAN_VARIANTS[device.type]]
+    report = new_report("step" if precision == "fp32" else f"step-{precision}", device,
+                        torch.float32, command)
+    report.update(modes=modes, batches=batches, repeat_ms=repeat_ms, quick=quick,
+                  compile_mode=compile_mode, precision=precision, variants=variants,
+                  peaks=dataclasses.asdict(peaks), rows=[])
+    path = report_path(out_dir, report)
+    print(f"{report['device']}, fastgan backend {report['fastgan_backend']}, "
+          f"{torch.get_num_threads()} CPU threads", flush=True)
+    for mode in modes:
+        for batch in batches:
+            if sys.stderr.isatty():
+                sys.stderr.write(f"\r\033[Kmeasuring {mode} at batch {batch}...")
+                sys.stderr.flush()
+            report["rows"].append(measure(mode, batch, data, device, repeat_ms, compile_mode,
+                                          peaks, precision))
+            write_report(path, report)  # after every row: a run cut short keeps its rows
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    print(_table(report["rows"], variants))
+    for row in report["rows"]:
+        for name, error in row["errors"].items():
+            print(f"{name} failed at {row['mode']} b={row['batch']}: {error}")
+    print(f"wrote {path}")
+    return path
