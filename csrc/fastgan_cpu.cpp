@@ -160,9 +160,9 @@ inline T activate(T z, T negative_slope) {
 template <Act A, typename T>
 inline T activation_grad(T s, T negative_slope) {
   if constexpr (A == Act::relu) {
-    return s > T(0) ? T(1) : T(0);
+    return s <= T(0) ? T(0) : T(1);  // NaN: 1, as torch.relu's backward
   } else if constexpr (A == Act::leaky_relu) {
-    return s <= T(0) ? negative_slope : T(1);  // 1 for NaN, as the PyTorch path's masked_fill
+    return s > T(0) ? T(1) : negative_slope;  // NaN: the slope, as F.leaky_relu's backward
   } else if constexpr (A == Act::tanh) {
     return T(1) - s * s;
   } else if constexpr (A == Act::sigmoid) {

@@ -96,7 +96,12 @@ class Run:
 def load(run_dir: str | Path, which: str = "last", device: str | torch.device = "cpu") -> Run:
     """The run in `run_dir` from its checkpoints/<which>.pt ("last" or "best")."""
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
-    return from_checkpoint(checkpoint.load(path), device)
+    state = checkpoint.load(path)
+    try:
+        return from_checkpoint(state, device)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:  # the settings or the
+        reason = " ".join(str(error).split())[:200]  # tensors do not make this run's models
+        raise checkpoint.CheckpointError(f"{path}: not a loadable run ({reason})") from None
 
 
 def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> Run:

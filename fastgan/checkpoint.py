@@ -2,6 +2,7 @@
 crash leaves the previous file whole, and loaded with torch.load(weights_only=True), so a
 file can hold tensors and plain values but never code that runs on load."""
 
+import io
 from pathlib import Path
 
 import torch
@@ -13,9 +14,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read: the message names the file and what is wrong."""
 
 
+# What every checkpoint holds (train.Loop.state): a file without them is not one.
+KEYS = ("config", "data", "best", "step", "models", "optimizers", "rng")
+
+
 def save(state: dict, path: Path) -> None:
+    buffer = io.BytesIO()  # serialized first: a failed write is then an OSError (torch.save
+    torch.save(state, buffer)  # into a file turns it into a RuntimeError)
     with atomic_write(path) as file:
-        torch.save(state, file)
+        file.write(buffer.getbuffer())
 
 
 def load(path: Path) -> dict:
@@ -26,6 +33,7 @@ def load(path: Path) -> dict:
     except Exception as error:  # torch raises many types for bad files; all mean the same
         reason = " ".join(str(error).split())[:200]
         raise CheckpointError(f"{path}: not a loadable fastgan checkpoint ({reason})") from error
-    if not isinstance(state, dict) or "config" not in state:
-        raise CheckpointError(f"{path}: not a fastgan checkpoint (no config in it)")
+    missing = [key for key in KEYS if key not in state] if isinstance(state, dict) else KEYS
+    if missing:
+        raise CheckpointError(f"{path}: not a fastgan checkpoint (no {', '.join(missing)} in it)")
     return state

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fastgan import api, checkpoint, config
+from fastgan import api, checkpoint, config, faults
 from fastgan import profile as profiling
 from fastgan.bench import ops as bench_ops
 from fastgan.bench import step as bench_step
@@ -134,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise SetupError("--resume: pass --out DIR, the run to continue")
     saved = args.out / "config.json" if args.out else None
-    base = json.loads(saved.read_text()) if args.resume and saved.exists() else {}
+    base = config.read_json(saved) if args.resume and saved.exists() else {}
     run_config = settings(args, base)
     summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
     headline = {k: v for k, v in summary["metrics"].items()
@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, *INPUT_ERRORS) as error:
         print(f"fastgan: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except faults.RunStopped as stopped:  # a signal, divergence or a full disk mid-run
+        print(f"fastgan: {stopped}", file=sys.stderr)
+        return stopped.status
     except KeyboardInterrupt:
         print("fastgan: interrupted", file=sys.stderr)
         return 130

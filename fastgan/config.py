@@ -5,6 +5,7 @@ a --config TOML file, then the command-line flags.
 """
 
 import dataclasses
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -92,9 +93,24 @@ def read_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"--config: {path} is not valid TOML: {error}") from error
     values = {key.replace("-", "_"): value for key, value in values.items()}
+    return _known(values, f"--config: {path}")
+
+
+def read_json(path: Path) -> dict:
+    """A run's config.json, as --resume reads it back."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, UnicodeError, ValueError) as error:
+        raise ConfigError(f"{path}: cannot read the run's settings: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected the run's settings as a JSON object")
+    return _known(values, str(path))
+
+
+def _known(values: dict, where: str) -> dict:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"--config: {path}: unknown setting(s) {', '.join(unknown)}; "
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
                           f"known: {', '.join(FIELDS)}")
     return values
 

@@ -285,7 +285,8 @@ def _build(name: str, source: str, x: np.ndarray, y: np.ndarray | None,
            test: tuple[str, np.ndarray, np.ndarray | None] | None = None) -> Dataset:
     """Validate and convert arrays; without a `test` split, hold out 10% by a fixed permutation."""
     x, image_shape = _features(source, x)
-    y = None if y is None else _labels(source, y, len(x))
+    samples = len(x) + (0 if test is None else len(test[1]))  # the bound on class indices
+    y = None if y is None else _labels(source, y, len(x), samples)
     if test is None:
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
         n_test = max(1, round(HELD_OUT * len(x)))
@@ -298,7 +299,7 @@ def _build(name: str, source: str, x: np.ndarray, y: np.ndarray | None,
         if test_shape != image_shape or test_x.shape[1] != x.shape[1]:
             raise DataError(f"{test_source}: samples of shape {test_shape or test_x.shape[1]}, "
                             f"but the training split's are {image_shape or x.shape[1]}")
-        test_y = None if test_y is None else _labels(test_source, test_y, len(test_x))
+        test_y = None if test_y is None else _labels(test_source, test_y, len(test_x), samples)
     return _finish(name, x, y, test_x, test_y, image_shape)
 
 
@@ -325,7 +326,8 @@ def _features(source: str, a: np.ndarray) -> tuple[Tensor, tuple[int, int, int] 
     return x.reshape(len(x), -1), tuple(image_shape)
 
 
-def _labels(source: str, y: np.ndarray, n: int) -> Tensor:
+def _labels(source: str, y: np.ndarray, n: int, samples: int) -> Tensor:
+    """(n,) whole numbers in [0, samples): class indices, each class an embedding row."""
     if y.dtype.kind not in "biuf" or y.shape != (n,):
         raise DataError(f"{source}: labels of shape {y.shape} and dtype {y.dtype}, expected ({n},) "
                         "integers")
@@ -333,6 +335,9 @@ def _labels(source: str, y: np.ndarray, n: int) -> Tensor:
         raise DataError(f"{source}: labels must be whole numbers")
     if (y < 0).any():
         raise DataError(f"{source}: negative labels (min {y.min():g}); labels must be >= 0")
+    if y.max() >= samples:
+        raise DataError(f"{source}: label {y.max():g} is out of range: labels are class indices, "
+                        f"below the number of samples ({samples})")
     return torch.from_numpy(y.astype(np.int64))
 
 

@@ -26,10 +26,18 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # say which file
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def remove_unfinished(directory: Path) -> None:
+    """Delete the temp files atomic_write leaves behind when its process is killed."""
+    for path in Path(directory).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

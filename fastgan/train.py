@@ -15,6 +15,7 @@ window (compilation, warm-up, the latent tables) and all evaluation and I/O are 
 import json
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,12 +23,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastgan import checkpoint
+from fastgan import checkpoint, faults
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import Dataset, load_dataset
 from fastgan.evaluate import Evaluator
-from fastgan.files import atomic_write
+from fastgan.files import atomic_write, remove_unfinished
 from fastgan.images import write_png
 from fastgan.samples import picture
 from fastgan.step import Training
@@ -74,21 +75,37 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
     """Make `out` ready; returns the state of its last complete checkpoint when resuming."""
     present = [name for name in RUN_FILES if (out / name).exists()]
     last = out / "checkpoints" / "last.pt"
-    if resume and last.exists():
-        return checkpoint.load(last)
+    state = checkpoint.load(last) if resume and last.exists() else None
     if present and not (resume or overwrite):
         raise SetupError(f"--out: {out} holds another run ({', '.join(present)}); pass "
                           "--resume to continue it or --overwrite to replace it")
-    if present and overwrite:
+    if present and overwrite and state is None:
         for name in present:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     try:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         (out / "samples").mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=out / "checkpoints") as probe:
+            probe.write(b"fastgan")
     except OSError as error:
-        raise SetupError(f"--out: cannot create {out}: {error.strerror}") from error
-    return None
+        raise SetupError(f"--out: cannot write in {out}: {error.strerror}") from error
+    for directory in (out, out / "checkpoints", out / "samples"):
+        remove_unfinished(directory)  # temp files of a run killed while writing
+    return state
+
+
+def check_space(out: Path, models: dict[str, torch.nn.Module]) -> None:
+    """Refuse a disk too full for the checkpoints before training. A checkpoint holds the
+    models and Adam's two moments per trained parameter; up to three are on disk at once
+    (best.pt, last.pt and the new last.pt before it replaces the old one)."""
+    size = sum(t.nbytes for m in models.values() for t in m.state_dict().values())
+    size += 2 * sum(p.nbytes for m in models.values() for p in m.parameters() if p.requires_grad)
+    there = sum(p.stat().st_size for p in (out / "checkpoints").glob("*.pt"))
+    need, free = 3 * size - there, shutil.disk_usage(out).free
+    if need > free:
+        raise SetupError(f"--out: {out} has {free / 2**20:,.1f} MiB free; this run's "
+                         f"checkpoints need about {need / 2**20:,.1f} MiB more")
 
 
 def write_json(path: Path, value) -> None:
@@ -97,20 +114,33 @@ def write_json(path: Path, value) -> None:
 
 
 def check_resumable(saved: dict, config: cfg.TrainConfig, path: Path) -> None:
+    try:
+        before = cfg.to_dict(cfg.from_dict(saved))
+    except (cfg.ConfigError, TypeError) as error:
+        raise checkpoint.CheckpointError(f"{path}: its settings are not valid ({error})") from None
     now = cfg.to_dict(config)
-    changed = sorted(k for k, v in saved.items() if k not in RESUMABLE_CHANGES and now[k] != v)
+    changed = sorted(k for k, v in before.items() if k not in RESUMABLE_CHANGES and now[k] != v)
     if changed:
-        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+        detail = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
         raise checkpoint.CheckpointError(
             f"{path}: was trained with other settings ({detail}); resume without them")
 
 
 def keep_log_until(path: Path, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: drop their old log lines."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines()
-                 if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """A resumed run repeats the steps after its checkpoint: drop their old log lines, and a
+    last line cut short by a kill."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_write(path) as file:
+        file.write("".join(kept).encode())
 
 
 class Loop:
@@ -120,9 +150,17 @@ class Loop:
         self.device = data.x.device
         self.training = Training(config, data, self.device)
         self.best = float("inf")
+        self.last = out / "checkpoints" / "last.pt"
+        self.saved_step = None  # the step of the last checkpoint written (or resumed from)
         if state is not None:
-            self.training.load_state_dict(state)
-            self.best = state["best"]
+            try:
+                self.training.load_state_dict(state)
+            except (KeyError, RuntimeError, ValueError, TypeError) as error:
+                reason = " ".join(str(error).split())[:200]
+                raise checkpoint.CheckpointError(
+                    f"{self.last}: does not fit this run's models and data ({reason})") from None
+            self.best, self.saved_step = state["best"], state["step"]
+        self.watched = faults.watched_tensors(self.training.models.values())
         keep_log_until(out / "metrics.jsonl", self.training.step)
         self.run = Run(config, data.info(), self.training.models)
         self.evaluator = Evaluator(data, config)
@@ -132,6 +170,17 @@ class Loop:
     def state(self) -> dict:
         return {"config": cfg.to_dict(self.config), "data": self.run.data_info,
                 "best": self.best, **self.training.state_dict()}
+
+    def save_last(self) -> None:
+        checkpoint.save(self.state(), self.last)
+        self.saved_step = self.training.step
+
+    def stop(self, stop: faults.StopRequests):
+        """A signal came: save the state reached, unless it diverged since the last check."""
+        if not faults.all_finite([], self.watched).item():
+            raise faults.diverged(self.training.step, {}, self.last, self.saved_step)
+        self.save_last()
+        raise stop.stopped(self.training.step, self.out)
 
     def log(self, record: dict) -> None:
         with open(self.out / "metrics.jsonl", "a") as file:
@@ -158,14 +207,23 @@ class Loop:
             checkpoint.save(self.state(), self.out / "checkpoints" / "best.pt")
         return evaluated
 
-    def run_steps(self) -> dict:
+    def run_steps(self, stop: faults.StopRequests) -> dict:
+        """Train to the last step; returns the last evaluation."""
+        bar = tqdm(total=self.config.steps, initial=self.training.step, unit="step",
+                   dynamic_ncols=True, mininterval=0.5, file=sys.stderr, desc=self.config.mode)
+        try:
+            return self._steps(bar, stop)
+        finally:
+            bar.close()  # before any message of why the run stopped
+
+    def _steps(self, bar: tqdm, stop: faults.StopRequests) -> dict:
         c, training = self.config, self.training
-        bar = tqdm(total=c.steps, initial=training.step, unit="step", dynamic_ncols=True,
-                   mininterval=0.5, file=sys.stderr, desc=c.mode)
         evaluated = None
         window_steps, warm = 0, False
         window_start = time.perf_counter()
         while training.step < c.steps:
+            if stop.signum is not None:
+                self.stop(stop)
             phase = training.phase
             losses = training.train_step()
             window_steps += 1
@@ -173,7 +231,10 @@ class Loop:
             phase_ends = step == c.steps or training.phase != phase
             if step % c.log_every and not phase_ends:
                 continue
+            finite = faults.all_finite(losses.values(), self.watched)
             values = {name: loss.item() for name, loss in losses.items()}  # the sync
+            if not finite.item():  # before anything is logged, evaluated or saved
+                raise faults.diverged(step, values, self.last, self.saved_step)
             seconds = time.perf_counter() - window_start
             rate = window_steps * c.batch_size / seconds
             if warm:  # the phase's first window holds its warm-up: left out
@@ -188,9 +249,8 @@ class Loop:
             if step % c.eval_every == 0 or phase_ends:
                 evaluated = self.evaluate(phase)
             if step % c.checkpoint_every == 0 or step == c.steps:
-                checkpoint.save(self.state(), self.out / "checkpoints" / "last.pt")
+                self.save_last()
             window_steps, window_start = 0, time.perf_counter()
-        bar.close()
         return evaluated if evaluated is not None else self.evaluate(training.phase)
 
     def samples_per_s(self) -> dict:
@@ -217,13 +277,25 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     state = prepare_out(out, resume, overwrite)
     if state is not None:
         check_resumable(state["config"], config, out / "checkpoints" / "last.pt")
-    write_json(out / "config.json", cfg.to_dict(config))
     loop = Loop(config, data.to(device), out, state)
-    final = loop.run_steps()
+    check_space(out, loop.training.models)
+    write_json(out / "config.json", cfg.to_dict(config))
+    try:
+        with faults.StopRequests() as stop:
+            final = loop.run_steps(stop)
+        return finish(loop, final, device, data.name, started)
+    except OSError as error:  # a full disk, mostly: the atomic writes kept the old files
+        raise faults.write_failed(error, out, loop.training.step, loop.last,
+                                  loop.saved_step) from error
+
+
+def finish(loop: Loop, final: dict, device: torch.device, name: str, started: float) -> dict:
+    """Write summary.json and return it, with the run's directory."""
+    config, out = loop.config, loop.out
     rates = loop.samples_per_s()
     steady = sum(loop.steady_seconds.values())
     summary = {
-        "mode": config.mode, "dataset": data.name, "steps": config.steps,
+        "mode": config.mode, "dataset": name, "steps": config.steps,
         "device": str(device), "precision": config.precision, "world_size": 1,
         "metrics": final, "best_score": loop.best,
         "samples_per_s": round(sum(loop.steady_samples.values()) / steady, 1) if steady else None,

@@ -48,8 +48,8 @@ def _activate(z, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
 @triton.jit
 def _activation_grad(saved, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
     if ACT == 1:
-        d = tl.where(saved > 0, 1.0, 0.0)
-    elif ACT == 2:
+        d = tl.where(saved <= 0, 0.0, 1.0)  # NaN: 1, as torch.relu's backward
+    elif ACT == 2:  # NaN: the slope, as F.leaky_relu's backward
         d = tl.where(saved > 0, 1.0, _full_like(saved, NEGATIVE_SLOPE))
     elif ACT == 3:
         d = 1.0 - saved * saved

@@ -55,10 +55,10 @@ def activation_grad(saved: torch.Tensor, activation: int, negative_slope: float)
     pre-activation (gelu). Not called for "none"."""
     name = ACTIVATIONS[activation]
     s = saved.to(accumulate_dtype(saved.dtype))
-    if name == "relu":
-        return (s > 0).to(s.dtype)
-    if name == "leaky_relu":
-        return torch.ones_like(s).masked_fill_(s <= 0, negative_slope)
+    if name == "relu":  # NaN: 1, as torch.relu's backward
+        return (s <= 0).logical_not().to(s.dtype)
+    if name == "leaky_relu":  # NaN: the slope, as F.leaky_relu's backward
+        return torch.full_like(s, negative_slope).masked_fill_(s > 0, 1.0)
     if name == "tanh":
         return 1.0 - s * s
     if name == "sigmoid":

@@ -27,7 +27,7 @@ def _forward(a, target_a, b, target_b, need_grad_a, need_grad_b):
         a.reshape(-1), target_a, None if b is None else b.reshape(-1), target_b,
         need_grad_a, need_grad_b and b is not None)
     return (loss, grad_a.view(a.shape) if need_grad_a else grad_a,
-            grad_b.view(b.shape) if grad_b.numel() else grad_b)
+            grad_b.view(b.shape) if need_grad_b and b is not None else grad_b)
 
 
 @torch.library.custom_op("fastgan::gan_loss_fwd", mutates_args=())
