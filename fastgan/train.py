@@ -10,6 +10,10 @@
 Losses stay on the device between log intervals: the loop syncs with it only to log.
 samples_per_s counts training samples over the steady-state log windows: each phase's first
 window (compilation, warm-up, the latent tables) and all evaluation and I/O are left out.
+
+Under torchrun every rank trains (fastgan/distributed.py); rank 0 alone writes the files and
+shows progress, the logged losses are the global batch's (averaged over the ranks), and
+samples_per_s counts the samples of all ranks.
 """
 
 import json
@@ -26,6 +30,7 @@ from fastgan import checkpoint
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import Dataset, load_dataset
+from fastgan.distributed import World, join
 from fastgan.evaluate import Evaluator
 from fastgan.files import atomic_write
 from fastgan.images import write_png
@@ -115,17 +120,19 @@ def keep_log_until(path: Path, step: int) -> None:
 
 class Loop:
     def __init__(self, config: cfg.TrainConfig, data: Dataset, out: Path,
-                 state: dict | None):
+                 state: dict | None, world: World | None = None):
         self.config, self.out, self.data = config, out, data
+        self.world = world or World()
         self.device = data.x.device
-        self.training = Training(config, data, self.device)
+        self.training = Training(config, data, self.device, self.world)
         self.best = float("inf")
         if state is not None:
             self.training.load_state_dict(state)
             self.best = state["best"]
-        keep_log_until(out / "metrics.jsonl", self.training.step)
         self.run = Run(config, data.info(), self.training.models)
-        self.evaluator = Evaluator(data, config)
+        if self.world.is_main:
+            keep_log_until(out / "metrics.jsonl", self.training.step)
+            self.evaluator = Evaluator(data, config)
         self.steady_seconds = {"ae": 0.0, "gan": 0.0}
         self.steady_samples = {"ae": 0, "gan": 0}
 
@@ -159,9 +166,10 @@ class Loop:
         return evaluated
 
     def run_steps(self) -> dict:
-        c, training = self.config, self.training
+        c, training, main = self.config, self.training, self.world.is_main
+        global_batch = c.batch_size * self.world.size
         bar = tqdm(total=c.steps, initial=training.step, unit="step", dynamic_ncols=True,
-                   mininterval=0.5, file=sys.stderr, desc=c.mode)
+                   mininterval=0.5, file=sys.stderr, desc=c.mode, disable=not main)
         evaluated = None
         window_steps, warm = 0, False
         window_start = time.perf_counter()
@@ -173,13 +181,16 @@ class Loop:
             phase_ends = step == c.steps or training.phase != phase
             if step % c.log_every and not phase_ends:
                 continue
-            values = {name: loss.item() for name, loss in losses.items()}  # the sync
+            values = self.world.mean(losses)  # the sync
             seconds = time.perf_counter() - window_start
-            rate = window_steps * c.batch_size / seconds
+            rate = window_steps * global_batch / seconds
             if warm:  # the phase's first window holds its warm-up: left out
                 self.steady_seconds[phase] += seconds
-                self.steady_samples[phase] += window_steps * c.batch_size
+                self.steady_samples[phase] += window_steps * global_batch
             warm = not phase_ends
+            if not main:  # the other ranks go on training; the next collective waits
+                window_steps, window_start = 0, time.perf_counter()
+                continue
             self.log({"step": step, "phase": phase, **{f"loss_{k}": v for k, v in values.items()},
                       "samples_per_s": round(rate, 1)})
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()},
@@ -191,6 +202,8 @@ class Loop:
                 checkpoint.save(self.state(), self.out / "checkpoints" / "last.pt")
             window_steps, window_start = 0, time.perf_counter()
         bar.close()
+        if not main:
+            return None
         return evaluated if evaluated is not None else self.evaluate(training.phase)
 
     def samples_per_s(self) -> dict:
@@ -209,22 +222,33 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     """Train one run into `out` and return its summary (also written to summary.json)."""
     started = time.perf_counter()
     device = resolve_device(config.device)
+    world, device = join(device, config.cuda_graphs)
+    try:
+        return _train(config, out, resume, overwrite, device, world, started)
+    finally:
+        world.close()
+
+
+def _train(config: cfg.TrainConfig, out: Path | None, resume: bool, overwrite: bool,
+           device: torch.device, world: World, started: float) -> dict:
+    config = world.rank0_then_all(lambda: config)  # each rank read its own disk: rank 0's
     data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
                         seed=config.seed)
-    config = cfg.resolve_lengths(config, len(data.x))
+    # --epochs count passes of the global batch: each rank sees 1 / world.size of them
+    config = cfg.resolve_lengths(config, len(data.x) // world.size)
     check_fits(data, device)
     out = out or default_out(config)
-    state = prepare_out(out, resume, overwrite)
-    if state is not None:
-        check_resumable(state["config"], config, out / "checkpoints" / "last.pt")
-    write_json(out / "config.json", cfg.to_dict(config))
-    loop = Loop(config, data.to(device), out, state)
+    out = world.rank0_then_all(lambda: out)  # default_out's time stamp: rank 0's
+    state = world.rank0_then_all(lambda: _start_out(config, out, resume, overwrite))
+    loop = Loop(config, data.to(device), out, state, world)
     final = loop.run_steps()
+    if not world.is_main:
+        return {"out": str(out), "world_size": world.size, "rank": world.rank}
     rates = loop.samples_per_s()
     steady = sum(loop.steady_seconds.values())
     summary = {
         "mode": config.mode, "dataset": data.name, "steps": config.steps,
-        "device": str(device), "precision": config.precision, "world_size": 1,
+        "device": str(device), "precision": config.precision, "world_size": world.size,
         "metrics": final, "best_score": loop.best,
         "samples_per_s": round(sum(loop.steady_samples.values()) / steady, 1) if steady else None,
         "samples_per_s_by_phase": rates,
@@ -232,4 +256,15 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     }
     write_json(out / "summary.json", summary)
     return {**summary, "out": str(out)}
+
+
+def _start_out(config: cfg.TrainConfig, out: Path, resume: bool, overwrite: bool
+               ) -> dict | None:
+    """Rank 0's part of starting: `out` made ready, the checkpoint to resume checked, the
+    settings written."""
+    state = prepare_out(out, resume, overwrite)
+    if state is not None:
+        check_resumable(state["config"], config, out / "checkpoints" / "last.pt")
+    write_json(out / "config.json", cfg.to_dict(config))
+    return state
 
