@@ -2,7 +2,10 @@
 
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from fastgan.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under torchrun, a rank's uncaught error goes into torchrun's failure summary
+    sys.exit(record(main)())

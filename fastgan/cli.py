@@ -24,13 +24,15 @@ from fastgan import profile as profiling
 from fastgan.bench import ops as bench_ops
 from fastgan.bench import step as bench_step
 from fastgan.data import DataError, load_dataset
+from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
 from fastgan.ops._backend import backend_for
 from fastgan.samples import save_samples
 from fastgan.train import SetupError, resolve_device, train
 
 # Errors that are the user's input, reported in one line with exit status 2.
-INPUT_ERRORS = (config.ConfigError, DataError, SetupError, checkpoint.CheckpointError)
+INPUT_ERRORS = (config.ConfigError, DataError, SetupError, checkpoint.CheckpointError,
+                LaunchError)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -137,6 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
     base = config.read_json(saved) if args.resume and saved.exists() else {}
     run_config = settings(args, base)
     summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
+    if summary.get("rank"):  # under torchrun, rank 0 reports
+        return 0
     headline = {k: v for k, v in summary["metrics"].items()
                 if k in ("recon_mse", "pca_mse", "cond_accuracy", "fd", "fd_data",
                          "modes_captured", "high_quality")}

@@ -14,6 +14,9 @@ CUDA each phase's whole iteration is one CUDA graph (fastgan/graphs.py; --no-cud
 turns it off). Nothing in an iteration syncs with the host, so every path runs the same
 step code: the EMA's decay, for one, comes from a step counter on the device.
 
+Under torchrun (fastgan/distributed.py) the trained modules run under DDP: every rank draws
+the global batch and noise from the same generator state and trains on its own rows.
+
 In latent-cgan mode G makes *standardized* autoencoder latents (the encoder's training-set
 mean and std are buffers of the autoencoder): G starts near the latent distribution instead
 of having to grow its outputs to the latents' scale, which made training several times
@@ -23,6 +26,7 @@ decoder's blur alone.
 """
 
 import copy
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -30,7 +34,8 @@ from torch import Tensor, nn
 
 from fastgan.config import TrainConfig, conditioning
 from fastgan.data import BatchSampler, Dataset, kmeans_labels
-from fastgan.graphs import GraphedStep, supports_graphs
+from fastgan.distributed import DDP_GRAPH_WARMUP, World, ddp_graphs_problem
+from fastgan.graphs import WARMUP, GraphedStep, supports_graphs
 from fastgan.models import Autoencoder, Discriminator, Generator
 from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
 
@@ -57,6 +62,20 @@ def build_models(config: TrainConfig, dim: int, num_classes: int, image: bool
     return models
 
 
+class Fakes(nn.Module):
+    """G's samples in model units of the data (decoded in latent mode): the module whose
+    trained parameters the G step updates (G's, and the decoder's with --finetune-decoder),
+    so that DDP sees them in one forward."""
+
+    def __init__(self, generator: Generator, autoencoder: Autoencoder | None):
+        super().__init__()
+        self.generator, self.autoencoder = generator, autoencoder
+
+    def forward(self, noise: Tensor, labels: Tensor | None) -> Tensor:
+        g_out = self.generator(noise, labels)
+        return g_out if self.autoencoder is None else self.autoencoder.decode_standardized(g_out)
+
+
 @contextmanager
 def frozen(module: nn.Module):
     """No parameter gradients for `module` (gradients still flow through it)."""
@@ -68,8 +87,11 @@ def frozen(module: nn.Module):
 
 
 class Training:
-    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device):
-        self.config, self.data, self.device = config, data, device
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device,
+                 world: World | None = None):
+        world = world or World()
+        self.config, self.data, self.device, self.world = config, data, device, world
+        self.global_batch = config.batch_size * world.size
         self.num_classes, clustered = conditioning(config, data.num_classes)
         labels = (kmeans_labels(data.x, self.num_classes, config.seed) if clustered
                   else data.y if self.num_classes else None)
@@ -82,9 +104,14 @@ class Training:
             prior = torch.bincount(labels, minlength=self.num_classes).float()
             for name in ("generator", "ema_generator"):
                 self.models[name].label_prior.copy_(prior / prior.sum())
-        self.sampler = BatchSampler(data.x, labels, config.batch_size, self.rng)
+        self.sampler = BatchSampler(data.x, labels, self.global_batch, self.rng)
         self.compiled = device.type == "cuda" if config.compile is None else config.compile
-        self.graphed = config.cuda_graphs and supports_graphs(device) is None
+        why_not = supports_graphs(device)
+        if why_not is None and world.launched:
+            why_not = ddp_graphs_problem()
+            if why_not and config.cuda_graphs and world.is_main:
+                print(f"fastgan: warning: CUDA graphs off: {why_not}", file=sys.stderr)
+        self.graphed = config.cuda_graphs and why_not is None
         self._adam_flags = {"fused": device.type in FUSED_ADAM_DEVICES,
                             "capturable": self.graphed}
         self.optimizers = self._optimizers()
@@ -94,11 +121,20 @@ class Training:
             self._ema_pairs = tuple(list(self.models[name].parameters())
                                     for name in ("ema_generator", "generator"))
             self._ema_steps = torch.zeros((), device=device)  # GAN steps taken, on the device
-        compile_ = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) \
+        # Under DDP, not fullgraph: Dynamo runs DDP's forward wrapper eagerly and compiles
+        # the module's forward inside it (DDPOptimizer splits it at the gradient buckets).
+        fullgraph = not world.launched
+        compile_ = (lambda f: torch.compile(f, fullgraph=fullgraph, dynamic=False)) \
             if self.compiled else (lambda f: f)
         self._ae_loss, self._d_loss, self._g_loss = (
             compile_(self._ae_loss), compile_(self._d_loss), compile_(self._g_loss))
         self._graphs: dict[str, GraphedStep] = {}
+        # the modules the current phase's losses call (under DDP when launched), and its name
+        self._trained: dict[str, nn.Module] = {}
+        self._trained_phase: str | None = None
+        self._fakes = Fakes(self.models["generator"], self.models["autoencoder"]
+                            if config.mode == "latent-cgan" else None) \
+            if "generator" in self.models else None
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c, m = self.config, self.models
@@ -124,13 +160,35 @@ class Training:
         they are the graph's outputs: read them before the next step)."""
         phase = self.phase
         step = self._ae_step if phase == "ae" else self._gan_step
+        if self._trained_phase != phase:
+            self._trained, self._trained_phase = self._phase_modules(phase), phase
         if self.graphed:
             if phase not in self._graphs:
-                self._graphs = {phase: GraphedStep(step, (self.rng,))}  # frees the last one
+                warmup = DDP_GRAPH_WARMUP if self.world.launched else WARMUP
+                self._graphs = {phase: GraphedStep(step, (self.rng,), warmup)}  # frees the last
             step = self._graphs[phase]
         losses = step()
         self.step += 1
         return losses
+
+    def _phase_modules(self, phase: str) -> dict[str, nn.Module]:
+        """The modules the phase's losses call, under DDP when launched. Made when the phase
+        starts: DDP averages the gradients of the parameters that require them when it is
+        made, and the GAN phase freezes the encoder (and the decoder, unless fine-tuned).
+        On CUDA, DDP is made on a side stream, as its CUDA-graph capture rules ask."""
+        if phase == "gan" and self.config.mode == "latent-cgan" and self._gan_data is None:
+            self._gan_data = GanData(self)
+        modules = {"ae": {"autoencoder": self.models.get("autoencoder")},
+                   "gan": {"discriminator": self.models.get("discriminator"),
+                           "fakes": self._fakes}}[phase]
+        if self.device.type != "cuda" or not self.world.launched:
+            return {name: self.world.wrap(m) for name, m in modules.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            trained = {name: self.world.wrap(m) for name, m in modules.items()}
+        torch.cuda.current_stream().wait_stream(side)
+        return trained
 
     def state_dict(self) -> dict:
         return {"step": self.step,
@@ -150,6 +208,7 @@ class Training:
             self._ema_steps.fill_(max(0, self.step - self.config.ae_phase_steps))
         self._gan_data = None  # remade from the loaded autoencoder
         self._graphs = {}  # they recorded the tensors just replaced
+        self._trained_phase = None
 
     # ---- autoencoder ---------------------------------------------------------------------
 
@@ -160,15 +219,19 @@ class Training:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False,
                               enabled=self.config.precision == "bf16")
 
+    def shard(self, t: Tensor | None) -> Tensor | None:
+        """This rank's rows of a global batch."""
+        return self.world.shard(t, self.config.batch_size)
+
     def _ae_step(self) -> dict[str, Tensor]:
         x, _ = self.sampler()
-        loss = self._ae_loss(x)
+        loss = self._ae_loss(self.shard(x))
         self._update("autoencoder", loss)
         return {"ae": loss.detach()}
 
     def _ae_loss(self, x: Tensor) -> Tensor:
         with self.autocast():
-            reconstruction = self.models["autoencoder"](x)
+            reconstruction = self._trained["autoencoder"](x)
         return mse_loss(reconstruction.float(), x)
 
     # ---- GAN -----------------------------------------------------------------------------
@@ -189,13 +252,13 @@ class Training:
 
     def _gan_step(self) -> dict[str, Tensor]:
         real, real_labels = self._real_batch()
-        noise, labels = self.noise_and_labels(self.config.batch_size)
-        d_loss = self._d_loss(real, real_labels, noise, labels)
+        noise, labels = self.noise_and_labels(self.global_batch)
+        d_loss = self._d_loss(*map(self.shard, (real, real_labels, noise, labels)))
         self._update("discriminator", d_loss)
 
-        noise, labels = self.noise_and_labels(self.config.batch_size)
+        noise, labels = self.noise_and_labels(self.global_batch)
         with frozen(self.models["discriminator"]):  # G's step: no gradients for D's weights
-            g_loss = self._g_loss(noise, labels)
+            g_loss = self._g_loss(self.shard(noise), self.shard(labels))
         self._update("generator", g_loss)
         self._update_ema()
         return {"d": d_loss.detach(), "g": g_loss.detach()}
@@ -204,20 +267,21 @@ class Training:
                 labels: Tensor | None) -> Tensor:
         """D's loss on a real batch and on G's samples for (noise, labels), in one D
         forward."""
-        G, D = self.models["generator"], self.models["discriminator"]
         with self.autocast():
-            with torch.no_grad():
-                fake = self.decode(G(noise, labels))
+            with torch.no_grad():  # no backward through G: its plain module, not DDP's
+                fake = self._fakes(noise, labels)
             both_labels = None if labels is None else torch.cat([real_labels, labels])
-            logits = D(torch.cat([real, fake.to(real.dtype)]), both_labels).float()
+            logits = self._trained["discriminator"](torch.cat([real, fake.to(real.dtype)]),
+                                                    both_labels).float()
         real_logits, fake_logits = logits.chunk(2)
         return gan_d_loss(real_logits, fake_logits,
                           real_target=1.0 - self.config.label_smoothing)
 
     def _g_loss(self, noise: Tensor, labels: Tensor | None) -> Tensor:
+        # D is frozen: its plain module, so that its DDP expects no gradients
         with self.autocast():
             logits = self.models["discriminator"](
-                self.decode(self.models["generator"](noise, labels)), labels).float()
+                self._trained["fakes"](noise, labels), labels).float()
         return gan_g_loss(logits)
 
     def _update(self, name: str, loss: Tensor) -> None:
@@ -240,9 +304,7 @@ class Training:
     def _real_batch(self) -> tuple[Tensor, Tensor | None]:
         if self.config.mode != "latent-cgan":
             return self.sampler()
-        if self._gan_data is None:
-            self._gan_data = GanData(self)
-        return self._gan_data.real_batch()
+        return self._gan_data.real_batch()  # made when the phase started
 
 
 def _use_flags(optimizer: torch.optim.Optimizer, flags: dict) -> None:
@@ -275,8 +337,8 @@ class GanData:
         self.latents = (latents - ae.latent_mean) / ae.latent_std
         real = data.x if c.finetune_decoder else torch.cat(
             [training.decode(z) for z in self.latents.split(4096)])
-        self.sampler = BatchSampler(real, self.labels, c.batch_size, training.rng)
-        self.augmented = round(c.augment * c.batch_size)
+        self.sampler = BatchSampler(real, self.labels, training.global_batch, training.rng)
+        self.augmented = round(c.augment * training.global_batch)
         if self.labels is not None:  # rows grouped by label, for same-label partners
             self.by_label = torch.argsort(self.labels, stable=True)
             counts = torch.bincount(self.labels, minlength=training.num_classes)

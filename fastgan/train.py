@@ -10,9 +10,14 @@
 Losses stay on the device between log intervals: the loop syncs with it only to log.
 samples_per_s counts training samples over the steady-state log windows: each phase's first
 window (compilation, warm-up, the latent tables) and all evaluation and I/O are left out.
+
+Under torchrun every rank trains (fastgan/distributed.py); rank 0 alone writes the files and
+shows progress, the logged losses are the global batch's (averaged over the ranks), and
+samples_per_s counts the samples of all ranks.
 """
 
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -27,6 +32,7 @@ from fastgan import checkpoint, faults
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import Dataset, load_dataset
+from fastgan.distributed import World, join
 from fastgan.evaluate import Evaluator
 from fastgan.files import atomic_write, remove_unfinished
 from fastgan.images import write_png
@@ -145,10 +151,11 @@ def keep_log_until(path: Path, step: int) -> None:
 
 class Loop:
     def __init__(self, config: cfg.TrainConfig, data: Dataset, out: Path,
-                 state: dict | None):
+                 state: dict | None, world: World | None = None):
         self.config, self.out, self.data = config, out, data
+        self.world = world or World()
         self.device = data.x.device
-        self.training = Training(config, data, self.device)
+        self.training = Training(config, data, self.device, self.world)
         self.best = float("inf")
         self.last = out / "checkpoints" / "last.pt"
         self.saved_step = None  # the step of the last checkpoint written (or resumed from)
@@ -161,9 +168,10 @@ class Loop:
                     f"{self.last}: does not fit this run's models and data ({reason})") from None
             self.best, self.saved_step = state["best"], state["step"]
         self.watched = faults.watched_tensors(self.training.models.values())
-        keep_log_until(out / "metrics.jsonl", self.training.step)
         self.run = Run(config, data.info(), self.training.models)
-        self.evaluator = Evaluator(data, config)
+        if self.world.is_main:
+            keep_log_until(out / "metrics.jsonl", self.training.step)
+            self.evaluator = Evaluator(data, config)
         self.steady_seconds = {"ae": 0.0, "gan": 0.0}
         self.steady_samples = {"ae": 0, "gan": 0}
 
@@ -176,10 +184,12 @@ class Loop:
         self.saved_step = self.training.step
 
     def stop(self, stop: faults.StopRequests):
-        """A signal came: save the state reached, unless it diverged since the last check."""
+        """A signal came: save the state reached (rank 0), unless it diverged since the last
+        check."""
         if not faults.all_finite([], self.watched).item():
             raise faults.diverged(self.training.step, {}, self.last, self.saved_step)
-        self.save_last()
+        if self.world.is_main:
+            self.save_last()
         raise stop.stopped(self.training.step, self.out)
 
     def log(self, record: dict) -> None:
@@ -207,17 +217,20 @@ class Loop:
             checkpoint.save(self.state(), self.out / "checkpoints" / "best.pt")
         return evaluated
 
-    def run_steps(self, stop: faults.StopRequests) -> dict:
-        """Train to the last step; returns the last evaluation."""
+    def run_steps(self, stop: faults.StopRequests) -> dict | None:
+        """Train to the last step; returns the last evaluation (None on ranks other than
+        0, which do not evaluate)."""
         bar = tqdm(total=self.config.steps, initial=self.training.step, unit="step",
-                   dynamic_ncols=True, mininterval=0.5, file=sys.stderr, desc=self.config.mode)
+                   dynamic_ncols=True, mininterval=0.5, file=sys.stderr, desc=self.config.mode,
+                   disable=not self.world.is_main)
         try:
             return self._steps(bar, stop)
         finally:
             bar.close()  # before any message of why the run stopped
 
-    def _steps(self, bar: tqdm, stop: faults.StopRequests) -> dict:
-        c, training = self.config, self.training
+    def _steps(self, bar: tqdm, stop: faults.StopRequests) -> dict | None:
+        c, training, main = self.config, self.training, self.world.is_main
+        global_batch = c.batch_size * self.world.size
         evaluated = None
         window_steps, warm = 0, False
         window_start = time.perf_counter()
@@ -232,15 +245,20 @@ class Loop:
             if step % c.log_every and not phase_ends:
                 continue
             finite = faults.all_finite(losses.values(), self.watched)
-            values = {name: loss.item() for name, loss in losses.items()}  # the sync
-            if not finite.item():  # before anything is logged, evaluated or saved
+            values = self.world.mean(losses)  # the sync: the global batch's losses
+            # Every rank holds the same weights and the same mean losses, so every rank
+            # stops here together.
+            if not (finite.item() and all(math.isfinite(v) for v in values.values())):
                 raise faults.diverged(step, values, self.last, self.saved_step)
             seconds = time.perf_counter() - window_start
-            rate = window_steps * c.batch_size / seconds
+            rate = window_steps * global_batch / seconds
             if warm:  # the phase's first window holds its warm-up: left out
                 self.steady_seconds[phase] += seconds
-                self.steady_samples[phase] += window_steps * c.batch_size
+                self.steady_samples[phase] += window_steps * global_batch
             warm = not phase_ends
+            if not main:  # the other ranks go on training; the next collective waits
+                window_steps, window_start = 0, time.perf_counter()
+                continue
             self.log({"step": step, "phase": phase, **{f"loss_{k}": v for k, v in values.items()},
                       "samples_per_s": round(rate, 1)})
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in values.items()},
@@ -251,6 +269,8 @@ class Loop:
             if step % c.checkpoint_every == 0 or step == c.steps:
                 self.save_last()
             window_steps, window_start = 0, time.perf_counter()
+        if not main:
+            return None
         return evaluated if evaluated is not None else self.evaluate(training.phase)
 
     def samples_per_s(self) -> dict:
@@ -269,20 +289,31 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     """Train one run into `out` and return its summary (also written to summary.json)."""
     started = time.perf_counter()
     device = resolve_device(config.device)
+    world, device = join(device, config.cuda_graphs)
+    try:
+        return _train(config, out, resume, overwrite, device, world, started)
+    finally:
+        world.close()
+
+
+def _train(config: cfg.TrainConfig, out: Path | None, resume: bool, overwrite: bool,
+           device: torch.device, world: World, started: float) -> dict:
+    config = world.rank0_then_all(lambda: config)  # each rank read its own disk: rank 0's
     data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
                         seed=config.seed)
-    config = cfg.resolve_lengths(config, len(data.x))
+    # --epochs count passes of the global batch: each rank sees 1 / world.size of them
+    config = cfg.resolve_lengths(config, len(data.x) // world.size)
     check_fits(data, device)
     out = out or default_out(config)
-    state = prepare_out(out, resume, overwrite)
-    if state is not None:
-        check_resumable(state["config"], config, out / "checkpoints" / "last.pt")
-    loop = Loop(config, data.to(device), out, state)
-    check_space(out, loop.training.models)
-    write_json(out / "config.json", cfg.to_dict(config))
+    out = world.rank0_then_all(lambda: out)  # default_out's time stamp: rank 0's
+    state = world.rank0_then_all(lambda: _start_out(config, out, resume, overwrite))
+    loop = Loop(config, data.to(device), out, state, world)
+    world.rank0_then_all(lambda: _write_config(loop))
     try:
         with faults.StopRequests() as stop:
             final = loop.run_steps(stop)
+        if not world.is_main:
+            return {"out": str(out), "world_size": world.size, "rank": world.rank}
         return finish(loop, final, device, data.name, started)
     except OSError as error:  # a full disk, mostly: the atomic writes kept the old files
         raise faults.write_failed(error, out, loop.training.step, loop.last,
@@ -296,7 +327,8 @@ def finish(loop: Loop, final: dict, device: torch.device, name: str, started: fl
     steady = sum(loop.steady_seconds.values())
     summary = {
         "mode": config.mode, "dataset": name, "steps": config.steps,
-        "device": str(device), "precision": config.precision, "world_size": 1,
+        "device": str(device), "precision": config.precision,
+        "world_size": loop.world.size,
         "metrics": final, "best_score": loop.best,
         "samples_per_s": round(sum(loop.steady_samples.values()) / steady, 1) if steady else None,
         "samples_per_s_by_phase": rates,
@@ -304,4 +336,20 @@ def finish(loop: Loop, final: dict, device: torch.device, name: str, started: fl
     }
     write_json(out / "summary.json", summary)
     return {**summary, "out": str(out)}
+
+
+def _start_out(config: cfg.TrainConfig, out: Path, resume: bool, overwrite: bool
+               ) -> dict | None:
+    """Rank 0's part of starting: `out` made ready, the checkpoint to resume checked."""
+    state = prepare_out(out, resume, overwrite)
+    if state is not None:
+        check_resumable(state["config"], config, out / "checkpoints" / "last.pt")
+    return state
+
+
+def _write_config(loop: Loop) -> None:
+    """Rank 0's last part of starting, once the models exist: room for their checkpoints,
+    then the settings written."""
+    check_space(loop.out, loop.training.models)
+    write_json(loop.out / "config.json", cfg.to_dict(loop.config))
 

@@ -8,11 +8,12 @@
 # step-<gpu>-<date>.json (the training iteration against eager and torch.compile),
 # bench_ops.txt and ops-<gpu>-<date>.json, profile.txt and profile-b64/, profile-b4096/ (`fastgan profile` of
 # the default model: trace, NVML samples and plot, report), train.txt and train-cuda/ (a
-# short default training run's config, metrics, summary and last sample grid), pytest.txt,
-# and status.txt with each step's exit status and seconds. The most telling steps run
-# first; a failing step does not stop the ones after it, and the script exits 1 if any
-# failed. The timeouts add up to 10 minutes (60 + 100 + 170 + 90 + 2 x 45 + 45 + 45 s):
-# the device's limit per call. The last steps are the least telling; call it with
+# short default training run's config, metrics, summary and last sample grid), torchrun.txt
+# and torchrun-cuda/ (the same files of a one-GPU torchrun run: NCCL, DDP, CUDA graphs),
+# pytest.txt, and status.txt with each step's exit status and seconds. The most telling
+# steps run first; a failing step does not stop the ones after it, and the script exits 1 if
+# any failed. The timeouts add up to 10 minutes (60 + 100 + 170 + 90 + 30 + 2 x 45 + 45 +
+# 15 s): the device's limit per call. The last steps are the least telling; call it with
 # timeout_s 600, and a session that must rerun it needs a fresh budget.
 set -u -o pipefail
 
@@ -100,6 +101,23 @@ train_cuda() {
     return "$status"
 }
 
+torchrun_cuda() {
+    # One GPU under torchrun: NCCL, DDP built on a side stream, 11 warm-up iterations, then
+    # each iteration (DDP's all-reduces included) one CUDA graph. Not compiled: compiling
+    # takes longer than this step's 30 s.
+    local run=/tmp/fastgan-torchrun-cuda
+    rm -rf "$run"
+    timeout -k 10 30 python3 -m torch.distributed.run --standalone --nproc-per-node 1 \
+        -m fastgan train --device cuda --dataset ring --steps 600 --log-every 100 \
+        --eval-every 600 --no-compile --out "$run" 2>&1 | tr '\r' '\n' | tail -n 40 |
+        tee "$OUT/torchrun.txt"
+    local status=${PIPESTATUS[0]}
+    mkdir -p "$OUT/torchrun-cuda"
+    cp "$run"/config.json "$run"/metrics.jsonl "$run"/summary.json "$OUT/torchrun-cuda/" \
+        2>/dev/null
+    return "$status"
+}
+
 all_tests() {
     # The whole suite, with the Triton kernels compiled for real on CUDA tensors. The C++
     # kernels need ninja, which a machine without network may lack: then skip their tests.
@@ -108,7 +126,7 @@ all_tests() {
         select=(-k "not cpp")
         echo "ninja is not installed: the C++ backend's tests are left out" >"$OUT/pytest.txt"
     fi
-    timeout -k 10 45 python3 -m pytest -q -x -p no:cacheprovider "${select[@]}" tests 2>&1 |
+    timeout -k 10 15 python3 -m pytest -q -x -p no:cacheprovider "${select[@]}" tests 2>&1 |
         tee -a "$OUT/pytest.txt"
 }
 
@@ -124,6 +142,7 @@ else
 fi
 step bench_step bench_step
 step train_cuda train_cuda
+step torchrun_cuda torchrun_cuda
 step profile_cuda profile_cuda
 step bench_ops bench_ops
 if python3 -c 'import pytest' 2>/dev/null; then
