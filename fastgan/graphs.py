@@ -11,8 +11,9 @@ loss tensors. It follows PyTorch's whole-network capture rules
 2. Gradients are set to None before capture (the step's own zero_grad(set_to_none=True)),
    so backward allocates them from the graph's private pool and replays refill them there.
 3. Every random draw inside comes from a generator registered with the graph
-   (register_generator_state): the graph advances its offset on every replay, so each
-   replay draws new numbers. Adam runs with capturable=True (step counts on the device).
+   (register_generator_state, where torch has it): the graph advances its offset on every
+   replay, so each replay draws new numbers. Adam runs with capturable=True (step counts
+   on the device).
 4. Nothing inside syncs with the host or depends on Python values that change between
    iterations (the EMA's decay is computed on the device from a device step counter).
 5. Capturing does not run the work: after capture the graph is replayed once for the
@@ -59,8 +60,11 @@ class GraphedStep:
 
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
-        for generator in self.generators:
-            graph.register_generator_state(generator)
+        # torch 2.6-2.13 need the registration; later releases register generators lazily
+        # (pytorch#176753) and may drop the method.
+        if hasattr(graph, "register_generator_state"):
+            for generator in self.generators:
+                graph.register_generator_state(generator)
         torch.cuda.synchronize()  # the warm-up's work is done before capture starts
         with torch.cuda.graph(graph):
             self.outputs = self.step()
@@ -71,7 +75,4 @@ def supports_graphs(device: torch.device) -> str | None:
     """None when iterations on `device` can be captured, else why not."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, got {device.type}"
-    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-        return (f"torch {torch.__version__} cannot capture draws from a torch.Generator of "
-                "fastgan's own (CUDAGraph.register_generator_state is missing)")
     return None
