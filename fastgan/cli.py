@@ -13,6 +13,7 @@ exit status. Bad input gives one line on stderr, `fastgan: error: ...`, and exit
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -366,11 +367,18 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = shlex.join(["fastgan", *argv])
         return args.run(args)
     except (UsageError, *INPUT_ERRORS) as error:
-        print(f"fastgan: error: {' '.join(str(error).split())}", file=sys.stderr)
+        say(f"fastgan: error: {' '.join(str(error).split())}")
         return 2
     except faults.RunStopped as stopped:  # a signal, divergence or a full disk mid-run
-        print(f"fastgan: {stopped}", file=sys.stderr)
+        say(f"fastgan: {stopped}")
         return stopped.status
     except KeyboardInterrupt:
-        print("fastgan: interrupted", file=sys.stderr)
+        say("fastgan: interrupted")
         return 130
+
+
+def say(line: str) -> None:
+    """One line on stderr, from one process: under torchrun every rank meets the same input
+    error, divergence or signal at once, and rank 0 speaks for them."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)

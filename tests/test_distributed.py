@@ -226,3 +226,14 @@ def test_a_bad_timeout_is_one_line_and_status_2(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ("fastgan: error: FASTGAN_DIST_TIMEOUT: expected a positive number of "
                    "seconds, got 'soon'\n")
+
+
+
+@pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
+def test_under_torchrun_rank_0_alone_prints_an_input_error(rank, lines, monkeypatch, capsys):
+    # every rank meets the same input error (rank 0 sends them its outcome); one line says it
+    for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", "2"),
+                        ("FASTGAN_DIST_TIMEOUT", "soon")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", "--device", "cpu"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == lines
