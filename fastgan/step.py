@@ -72,7 +72,10 @@ class Fakes(nn.Module):
         self.generator, self.autoencoder = generator, autoencoder
 
     def forward(self, noise: Tensor, labels: Tensor | None) -> Tensor:
-        g_out = self.generator(noise, labels)
+        return self.decode(self.generator(noise, labels))
+
+    def decode(self, g_out: Tensor) -> Tensor:
+        """G's output in model units of the data: decoded in latent mode."""
         return g_out if self.autoencoder is None else self.autoencoder.decode_standardized(g_out)
 
 
@@ -132,8 +135,8 @@ class Training:
         # the modules the current phase's losses call (under DDP when launched), and its name
         self._trained: dict[str, nn.Module] = {}
         self._trained_phase: str | None = None
-        self._fakes = Fakes(self.models["generator"], self.models["autoencoder"]
-                            if config.mode == "latent-cgan" else None) \
+        self.fakes = Fakes(self.models["generator"], self.models["autoencoder"]
+                           if config.mode == "latent-cgan" else None) \
             if "generator" in self.models else None
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -180,7 +183,7 @@ class Training:
             self._gan_data = GanData(self)
         modules = {"ae": {"autoencoder": self.models.get("autoencoder")},
                    "gan": {"discriminator": self.models.get("discriminator"),
-                           "fakes": self._fakes}}[phase]
+                           "fakes": self.fakes}}[phase]
         if self.device.type != "cuda" or not self.world.launched:
             return {name: self.world.wrap(m) for name, m in modules.items()}
         side = torch.cuda.Stream()
@@ -236,12 +239,6 @@ class Training:
 
     # ---- GAN -----------------------------------------------------------------------------
 
-    def decode(self, g_out: Tensor) -> Tensor:
-        """G's output in model units of the data: decoded in latent mode."""
-        if self.config.mode != "latent-cgan":
-            return g_out
-        return self.models["autoencoder"].decode_standardized(g_out)
-
     def noise_and_labels(self, n: int) -> tuple[Tensor, Tensor | None]:
         noise = torch.randn(n, self.config.noise_dim, generator=self.rng, device=self.device)
         if not self.num_classes:
@@ -269,7 +266,7 @@ class Training:
         forward."""
         with self.autocast():
             with torch.no_grad():  # no backward through G: its plain module, not DDP's
-                fake = self._fakes(noise, labels)
+                fake = self.fakes(noise, labels)
             both_labels = None if labels is None else torch.cat([real_labels, labels])
             logits = self._trained["discriminator"](torch.cat([real, fake.to(real.dtype)]),
                                                     both_labels).float()
@@ -336,7 +333,7 @@ class GanData:
         ae.latent_std.copy_(latents.std(0).clamp_min(1e-6))
         self.latents = (latents - ae.latent_mean) / ae.latent_std
         real = data.x if c.finetune_decoder else torch.cat(
-            [training.decode(z) for z in self.latents.split(4096)])
+            [training.fakes.decode(z) for z in self.latents.split(4096)])
         self.sampler = BatchSampler(real, self.labels, training.global_batch, training.rng)
         self.augmented = round(c.augment * training.global_batch)
         if self.labels is not None:  # rows grouped by label, for same-label partners
@@ -360,7 +357,8 @@ class GanData:
         t = torch.rand(n, 1, generator=rng, device=device)
         with torch.no_grad():
             z = torch.lerp(self.latents[first], self.latents[second], t)
-            return self.training.decode(z), None if self.labels is None else self.labels[first]
+            labels = None if self.labels is None else self.labels[first]
+            return self.training.fakes.decode(z), labels
 
     def partners(self, first: Tensor) -> Tensor:
         """A random training row for each of `first`, with the same label when labeled."""
