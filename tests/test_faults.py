@@ -64,20 +64,43 @@ def unfinished_files(out: Path) -> list[Path]:
 
 # ---- SIGKILL ---------------------------------------------------------------------------------
 
+def launch(out: Path) -> subprocess.Popen:
+    return subprocess.Popen(command(out, "--steps", "300"), env=environment(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_checkpoint(process: subprocess.Popen, out: Path, step: int | None = None) -> None:
+    """Until `out` holds a checkpoint (of `step`, if given) or the process has ended."""
+    last = out / "checkpoints" / "last.pt"
+    while process.poll() is None:
+        if last.exists() and (step is None or checkpoint.load(last)["step"] == step):
+            return
+        time.sleep(0.005)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_a_run_never_killed(tmp_path):
+    # Time the uninterrupted run's start-up (to its first checkpoint) and training (to its last),
+    # so that the kills are aimed at each whatever the machine's load: training is a fraction
+    # of a second between a start-up and a finish that take longer.
     started = time.perf_counter()
-    whole = run(tmp_path / "whole", "--steps", "300")
-    seconds = time.perf_counter() - started
-    assert whole.returncode == 0, whole.stderr
+    whole = launch(tmp_path / "whole")
+    wait_for_checkpoint(whole, tmp_path / "whole")
+    first_checkpoint = time.perf_counter()
+    wait_for_checkpoint(whole, tmp_path / "whole", step=300)
+    startup, training = first_checkpoint - started, time.perf_counter() - first_checkpoint
+    assert whole.wait(timeout=300) == 0
     expected = weights(tmp_path / "whole")
     picker = random.Random(6)
     killed_mid_training = 0
     for trial in range(10):
         out = tmp_path / f"trial{trial}"
-        process = subprocess.Popen(command(out, "--steps", "300"), env=environment(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(picker.uniform(0, seconds))
+        process = launch(out)
+        if trial < 2:  # during start-up: nothing or only the first checkpoint is there
+            time.sleep(picker.uniform(0, startup))
+        else:
+            wait_for_checkpoint(process, out)
+            time.sleep(picker.uniform(0, training))
         process.kill()
         process.wait()
         # Whatever is there now is a whole checkpoint: each .pt file loads.
