@@ -79,10 +79,11 @@ def shapes(backend: str, min_dims=0, max_dims=3):
     return st.lists(sizes(backend), min_size=min_dims, max_size=max_dims).map(tuple)
 
 
-def compare(out, expected, inputs, ref_inputs, dtype):
-    """Value and every gradient (for a random incoming gradient) against the reference."""
+def compare(out, expected, inputs, ref_inputs, dtype, expected_value=None):
+    """Value and every gradient (for a random incoming gradient) against the reference;
+    expected_value, if given, is the value to match in place of expected's."""
     assert out.shape == expected.shape
-    assert_close(out, expected, dtype, "output")
+    assert_close(out, expected if expected_value is None else expected_value, dtype, "output")
     wanted_inputs = [t for t in inputs if t is not None and t.requires_grad]
     if not wanted_inputs or not out.requires_grad:
         return
@@ -143,7 +144,15 @@ def test_fused_dense(backend, monkeypatch):
         out = ops.fused_dense(x, weight, bias, activation, slope)
         ref = references([x, weight, bias], same_dtype=non_finite)
         expected = reference.fused_dense(*ref, activation, slope)
-        compare(out, expected, [x, weight, bias], ref, x.dtype)
+        value = None
+        if non_finite:
+            # torch's CPU gelu gives NaN at +inf in float32 and 16-bit, and the limit, inf,
+            # in float64 (as on CUDA): a NaN of torch's may be that limit in the op's output.
+            limit = reference.fused_dense(*references([x, weight, bias], same_dtype=False),
+                                          activation, slope).detach()
+            value = torch.where(expected.isnan() & limit.isinf() & ~out.isnan(),
+                                limit.to(expected.device), expected.detach().to(torch.float64))
+        compare(out, expected, [x, weight, bias], ref, x.dtype, value)
 
     check()
 

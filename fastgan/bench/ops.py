@@ -68,8 +68,9 @@ def _eager_gan_g_loss(fake_logits: Tensor) -> Tensor:
 EAGER_LOSSES = {
     "gan_d_loss": _eager_gan_d_loss,
     "gan_g_loss": _eager_gan_g_loss,
-    "bce_with_logits": F.binary_cross_entropy_with_logits,
-    "mse_loss": F.mse_loss,
+    # In Python functions of their own: torch 2.6's torch.compile refuses torch's functions.
+    "bce_with_logits": lambda *args: F.binary_cross_entropy_with_logits(*args),
+    "mse_loss": lambda *args: F.mse_loss(*args),
 }
 
 

@@ -20,6 +20,9 @@ import triton.language as tl
 from fastgan.kernels import _math
 from fastgan.ops._backend import TRITON_INTERPRET
 
+# tl.dot takes fp64 tiles from triton 3.5; before that, fp64 tiles are multiplied and summed.
+FP64_DOT = tl.constexpr(tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 5))
+
 
 @triton.jit
 def _full_like(t, value: tl.constexpr):
@@ -68,6 +71,8 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
         # in fp32 the products are exact, so the test still checks the kernel's logic.
         a = a.to(acc.dtype)
         b = b.to(acc.dtype)
+    if a.dtype == tl.float64 and not FP64_DOT:
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
