@@ -73,7 +73,8 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
         b = b.to(acc.dtype)
     if a.dtype == tl.float64 and not FP64_DOT:
         return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    # out_dtype named: triton 3.6 checks a given acc against it, and it defaults to fp32.
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
