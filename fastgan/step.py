@@ -294,8 +294,9 @@ class Training:
         t = self._ema_steps
         decay = ((1 + t) / (EMA_WARMUP + t)).clamp_max(self.config.ema_decay)
         ema, params = self._ema_pairs
-        torch._foreach_mul_(ema, decay)
-        torch._foreach_add_(ema, torch._foreach_mul(params, 1 - decay))
+        # One pass over the parameters. The weight goes in as a list of 0-dim tensors: a
+        # single tensor would be read into a Python number, a host sync.
+        torch._foreach_lerp_(ema, params, [1 - decay] * len(ema))
         t.add_(1)
 
     def _real_batch(self) -> tuple[Tensor, Tensor | None]:
