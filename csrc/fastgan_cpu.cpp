@@ -1,6 +1,6 @@
-// fastgan's C++ CPU kernels: the four ops of fastgan/ops/_torch_impl.py (which states what they
+// fastgan's C++ CPU kernels: the four ops of fastgan/backends/pytorch.py (which states what they
 // compute), with the elementwise work fused into one OpenMP pass each and the matrix products left
-// to ATen's BLAS. Activation, loss and reduction codes are the indices in fastgan/ops/codes.py.
+// to ATen's BLAS. Activation, loss and reduction codes are the indices in fastgan/backends/codes.py.
 //
 // Every reduction splits its pass into a fixed number of pieces (one per OpenMP thread) and adds
 // the per-piece partials in piece order, so results are deterministic for a given thread count.
@@ -124,7 +124,7 @@ void logit_exp_terms(const T* x, int64_t n, T* e, T* softplus) {
 constexpr int64_t kLogitChunk = 256;
 
 // The terms of BCE-with-logits for one logit, sharing one exp(-|x|): log_sigmoid as
-// _torch_impl.log_sigmoid writes it (min(x, 0) - log1p(exp(-|x|)), so ±inf and NaN agree) and
+// backends/pytorch.py's log_sigmoid writes it (min(x, 0) - log1p(exp(-|x|)), so ±inf and NaN agree) and
 // sigmoid. std::min(x, 0) returns x when x is NaN, like torch.clamp_max.
 template <typename T>
 struct Logit {
@@ -541,7 +541,7 @@ double loss_pass(const Operand<T>& x, const Operand<T>& target, const Operand<T>
         T gx = 0;
         T gt = 0;
         if constexpr (L == Loss::bce_with_logits) {
-          // _torch_impl.bce_terms term for term (torch's own formulas), so ±inf/NaN agree.
+          // backends/pytorch.py's bce_terms term for term (torch's own formulas), so ±inf/NaN agree.
           const Logit<T> logit{xv, es[j], softplus[j]};
           const T ls = logit.log_sigmoid();
           if (pos_weight.data == nullptr) {

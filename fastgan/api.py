@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from fastgan import checkpoint
 from fastgan.config import TrainConfig, conditioning, from_dict
 from fastgan.data import Units
-from fastgan.step import build_models
+from fastgan.models import build_models
 
 
 class Run:

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from fastgan import api, checkpoint, config, faults
-from fastgan import profile as profiling
-from fastgan.bench import ops as bench_ops
-from fastgan.bench import step as bench_step
+from fastgan.backends.select import backend_for
 from fastgan.data import DataError, load_dataset
+from fastgan.devices import SetupError, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
-from fastgan.ops._backend import backend_for
+from fastgan.perf import bench_ops, bench_step
+from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
-from fastgan.train import SetupError, resolve_device, train
+from fastgan.train import train
 
 # Errors that are the user's input, reported in one line with exit status 2.
 INPUT_ERRORS = (config.ConfigError, DataError, SetupError, checkpoint.CheckpointError,

@@ -1,5 +1,6 @@
 """Files written whole or not at all, and where fastgan caches things."""
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,12 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def write_json(path: Path, value) -> None:
+    """`value` as indented JSON, written atomically."""
+    with atomic_write(path) as file:
+        file.write((json.dumps(value, indent=2) + "\n").encode())
 
 
 def remove_unfinished(directory: Path) -> None:

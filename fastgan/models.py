@@ -6,15 +6,17 @@ number of classes up to MAX_EMBEDDING) to the noise or the data; with num_classe
 unconditional and take no labels.
 """
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastgan.backends.codes import ACTIVATION_CODES
+from fastgan.backends.pytorch import activate as _activate
+from fastgan.config import TrainConfig
 from fastgan.nn import FusedLinear
-from fastgan.ops._torch_impl import activate as _activate
-from fastgan.ops.codes import ACTIVATION_CODES
 
 LEAKY_SLOPE = 0.2
 
@@ -120,3 +122,22 @@ class Discriminator(_Conditioned):
     def __init__(self, dim: int, num_classes: int, hidden: Sequence[int] = (512, 256),
                  pack: int = 1):
         super().__init__(dim, num_classes, [*hidden, 1], "none", pack)
+
+
+def build_models(config: TrainConfig, dim: int, num_classes: int, image: bool
+                 ) -> dict[str, nn.Module]:
+    """The run's modules by name: autoencoder, generator, ema_generator, discriminator
+    (those the mode uses)."""
+    out_activation = "sigmoid" if image else "none"
+    models = {}
+    if config.mode != "cgan":
+        models["autoencoder"] = Autoencoder(dim, config.latent_dim, config.ae_hidden,
+                                            out_activation)
+    if config.mode != "ae":
+        latent = config.mode == "latent-cgan"
+        models["generator"] = Generator(config.latent_dim if latent else dim, num_classes,
+                                        config.noise_dim, config.g_hidden,
+                                        "none" if latent else out_activation)
+        models["ema_generator"] = copy.deepcopy(models["generator"]).requires_grad_(False)
+        models["discriminator"] = Discriminator(dim, num_classes, config.d_hidden, config.pack)
+    return models

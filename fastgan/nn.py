@@ -2,9 +2,9 @@
 
 from torch import Tensor, nn
 
+from fastgan.backends.codes import ACTIVATIONS
 from fastgan.ops import fused_dense
-from fastgan.ops._checks import check_choice
-from fastgan.ops.codes import ACTIVATIONS
+from fastgan.ops.checks import check_choice
 
 
 class FusedLinear(nn.Linear):

@@ -25,7 +25,6 @@ only reach what the decoder makes, so D compares like with like and cannot win o
 decoder's blur alone.
 """
 
-import copy
 import sys
 from contextlib import contextmanager
 
@@ -36,30 +35,11 @@ from fastgan.config import TrainConfig, conditioning
 from fastgan.data import BatchSampler, Dataset, kmeans_labels
 from fastgan.distributed import DDP_GRAPH_WARMUP, World, ddp_graphs_problem
 from fastgan.graphs import WARMUP, GraphedStep, supports_graphs
-from fastgan.models import Autoencoder, Discriminator, Generator
+from fastgan.models import Autoencoder, Generator, build_models
 from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
 
 EMA_WARMUP = 10  # the EMA's decay ramps up as (1 + t) / (EMA_WARMUP + t)
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where torch.optim.Adam(fused=True) has a kernel
-
-
-def build_models(config: TrainConfig, dim: int, num_classes: int, image: bool
-                 ) -> dict[str, nn.Module]:
-    """The run's modules by name: autoencoder, generator, ema_generator, discriminator
-    (those the mode uses)."""
-    out_activation = "sigmoid" if image else "none"
-    models = {}
-    if config.mode != "cgan":
-        models["autoencoder"] = Autoencoder(dim, config.latent_dim, config.ae_hidden,
-                                            out_activation)
-    if config.mode != "ae":
-        latent = config.mode == "latent-cgan"
-        models["generator"] = Generator(config.latent_dim if latent else dim, num_classes,
-                                        config.noise_dim, config.g_hidden,
-                                        "none" if latent else out_activation)
-        models["ema_generator"] = copy.deepcopy(models["generator"]).requires_grad_(False)
-        models["discriminator"] = Discriminator(dim, num_classes, config.d_hidden, config.pack)
-    return models
 
 
 class Fakes(nn.Module):

@@ -32,9 +32,10 @@ from fastgan import checkpoint, faults
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import Dataset, load_dataset
+from fastgan.devices import SetupError, check_fits, resolve_device
 from fastgan.distributed import World, join
 from fastgan.evaluate import Evaluator
-from fastgan.files import atomic_write, remove_unfinished
+from fastgan.files import atomic_write, remove_unfinished, write_json
 from fastgan.images import write_png
 from fastgan.samples import picture
 from fastgan.step import Training
@@ -43,33 +44,6 @@ RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "sam
 # Settings a resumed run may change: they don't alter what the steps compute.
 RESUMABLE_CHANGES = {"steps", "epochs", "log_every", "eval_every", "checkpoint_every",
                      "device", "samples_per_class", "compile", "cuda_graphs"}
-
-
-class SetupError(ValueError):
-    """A run that cannot start as asked (--out, --device): the message says why."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SetupError("--device cuda: no CUDA GPU is available to torch")
-    return torch.device(name)
-
-
-def check_fits(data: Dataset, device: torch.device) -> None:
-    """The training set lives on the device as tensors; say so before training when the
-    GPU has too little free memory for it (and the models, batches and optimizer state,
-    hence the half)."""
-    if device.type != "cuda":
-        return
-    tensors = [t for t in (data.x, data.y, data.test_x, data.test_y) if t is not None]
-    need = sum(t.numel() * t.element_size() for t in tensors)
-    free, _ = torch.cuda.mem_get_info(device)
-    if need > free // 2:
-        raise SetupError(f"--device cuda: the dataset takes {need / 2**20:,.0f} MiB and fastgan "
-                         f"keeps it on the GPU, which has {free / 2**20:,.0f} MiB free; "
-                         "use a GPU with more memory or a smaller dataset")
 
 
 def default_out(config: cfg.TrainConfig) -> Path:
@@ -112,11 +86,6 @@ def check_space(out: Path, models: dict[str, torch.nn.Module]) -> None:
     if need > free:
         raise SetupError(f"--out: {out} has {free / 2**20:,.1f} MiB free; this run's "
                          f"checkpoints need about {need / 2**20:,.1f} MiB more")
-
-
-def write_json(path: Path, value) -> None:
-    with atomic_write(path) as file:
-        file.write((json.dumps(value, indent=2) + "\n").encode())
 
 
 def check_resumable(saved: dict, config: cfg.TrainConfig, path: Path) -> None:

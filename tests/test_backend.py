@@ -55,8 +55,8 @@ def test_unknown_backend_is_refused(monkeypatch):
 
 
 def test_auto_picks_cpp_on_cpu_when_built(monkeypatch):
-    from fastgan.ops import _backend, _cpp
+    from fastgan.backends import cpp, select
 
     monkeypatch.setenv("FASTGAN_BACKEND", "auto")
-    assert _cpp.available()
-    assert _backend.backend_for(torch.device("cpu")) == "cpp"
+    assert cpp.available()
+    assert select.backend_for(torch.device("cpu")) == "cpp"

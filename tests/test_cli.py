@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import fastgan
 
-from fastgan.bench import ops as bench_ops
+from fastgan.perf import bench_ops
 
 
 def test_bench_ops_quick_prints_the_table_and_writes_the_report(tmp_path):

@@ -7,8 +7,8 @@ import torch
 from helpers import as_reference, grads, randn
 
 from fastgan import ops
+from fastgan.backends.codes import ACTIVATIONS
 from fastgan.ops import reference
-from fastgan.ops.codes import ACTIVATIONS
 from fastgan.testing import assert_close
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -76,7 +76,7 @@ def test_weight_gradient_split_over_rows(monkeypatch, needs):
     # On a GPU a tall batch reduced into a small layer is split into row ranges whose
     # partial dw / db are summed; force the split here so the interpreter checks it too.
     monkeypatch.setenv("FASTGAN_BACKEND", "triton")
-    monkeypatch.setattr("fastgan.kernels.dense.m_splits", lambda rows, tiles, device: 3)
+    monkeypatch.setattr("fastgan.backends.triton.dense.m_splits", lambda rows, tiles, device: 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x = randn((300, 20), torch.float32, device, requires_grad="x" in needs)
     weight = randn((3, 20), torch.float32, device, requires_grad="weight" in needs)
@@ -117,7 +117,8 @@ def test_bad_input_is_refused_before_any_kernel(monkeypatch, args, error, match)
     def no_kernels(device):
         raise AssertionError("a kernel was launched before the arguments were checked")
 
-    monkeypatch.setattr(sys.modules["fastgan.ops.fused_dense"], "implementation", no_kernels)
+    for where in ("fastgan.ops.fused_dense", "fastgan.ops._library"):
+        monkeypatch.setattr(sys.modules[where], "implementation", no_kernels)
     call = dict(x=torch.randn(4, 5), weight=torch.randn(3, 5), bias=torch.randn(3),
                 activation="relu", negative_slope=0.01)
     call.update(args)

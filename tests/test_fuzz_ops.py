@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgan import ops
+from fastgan.backends.codes import ACTIVATIONS
+from fastgan.backends.select import backend_for
 from fastgan.ops import reference
-from fastgan.ops._backend import backend_for
-from fastgan.ops.codes import ACTIVATIONS
 from fastgan.testing import assert_close
 
 BACKENDS = ("torch", "cpp", "triton")

@@ -17,9 +17,10 @@ class LaunchCounter:
     def __init__(self, monkeypatch):
         self.counts = {}
         for module, names in (
-            ("fastgan.kernels.dense", ("dense_fwd_kernel", "dense_dx_kernel", "dense_dw_kernel")),
-            ("fastgan.kernels.pointwise_loss", ("pointwise_loss_kernel",)),
-            ("fastgan.kernels.gan_loss", ("gan_loss_kernel",)),
+            ("fastgan.backends.triton.dense",
+             ("dense_fwd_kernel", "dense_dx_kernel", "dense_dw_kernel")),
+            ("fastgan.backends.triton.pointwise_loss", ("pointwise_loss_kernel",)),
+            ("fastgan.backends.triton.gan_loss", ("gan_loss_kernel",)),
         ):
             for name in names:
                 monkeypatch.setattr(sys.modules[module], name,
@@ -43,7 +44,7 @@ class LaunchCounter:
 @pytest.fixture
 def launches(monkeypatch):
     monkeypatch.setenv("FASTGAN_BACKEND", "triton")
-    import fastgan.kernels  # noqa: F401  (the modules to patch)
+    import fastgan.backends.triton  # noqa: F401  (the modules to patch)
 
     return LaunchCounter(monkeypatch)
 

@@ -236,7 +236,8 @@ def _refuse(monkeypatch, module, fn, error, match):
     def no_kernels(device):
         raise AssertionError("a kernel was launched before the arguments were checked")
 
-    monkeypatch.setattr(sys.modules[module], "implementation", no_kernels)
+    for where in (module, "fastgan.ops._library"):  # the op's backend calls, and its dispatch
+        monkeypatch.setattr(sys.modules[where], "implementation", no_kernels)
     with pytest.raises(error, match=match):
         fn()
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fastgan import nvml, roofline, trace
 from fastgan.cli import main
 from fastgan.nn import FusedLinear
+from fastgan.perf import nvml, roofline, trace
 
 # ---------------------------------------------------------------------------------------
 # The command

@@ -6,8 +6,8 @@ import torch
 
 from fastgan import nn as fnn
 from fastgan import ops
+from fastgan.backends.codes import ACTIVATIONS
 from fastgan.ops import reference
-from fastgan.ops.codes import ACTIVATIONS
 from fastgan.testing import assert_close
 
 

@@ -13,8 +13,8 @@ from fastgan import checkpoint
 from fastgan.cli import main
 from fastgan.config import TrainConfig
 from fastgan.data import load_dataset
+from fastgan.devices import SetupError, check_fits
 from fastgan.step import GanData, Training
-from fastgan.train import SetupError, check_fits
 
 TINY = ["--steps", "24", "--batch-size", "16", "--log-every", "4", "--eval-every", "12",
         "--checkpoint-every", "8"]

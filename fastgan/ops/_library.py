@@ -14,6 +14,8 @@ Each op is reachable three ways, all running the same backend calls:
 
 import torch
 
+from fastgan.backends.select import implementation
+
 LIB = torch.library.Library("fastgan", "FRAGMENT")
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
@@ -30,6 +32,25 @@ def eager(*tensors) -> bool:
     return (not torch.compiler.is_compiling()
             and torch._C._len_torch_dispatch_stack() == 0
             and all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in tensors))
+
+
+def dispatch(op: str, tensors, *, registered, native_args, autograd, plain):
+    """Run an op the cheapest way its inputs allow, all paths calling the same backend:
+    - not eager (see eager()): registered(), the registered custom op, which torch.compile
+      and tracing see;
+    - a backend with its own autograd op `<op>_autograd` (the C++ one): that op on
+      native_args, forward and backward in C++;
+    - a gradient needed: autograd(), an autograd.Function around the backend calls;
+    - else plain(), the backend's forward alone."""
+    if not eager(*tensors):
+        return registered()
+    device = next(t for t in tensors if t is not None).device
+    native = getattr(implementation(device), f"{op}_autograd", None)
+    if native is not None:
+        return native(*native_args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return autograd()
+    return plain()
 
 
 def forbid_double_backward(op: str) -> None:

@@ -2,7 +2,7 @@
 
 act(x @ weight.T + bias) in one kernel, with weight in nn.Linear layout and any leading
 batch dimensions, as F.linear. The backward applies act' inside the GEMMs that make dx
-and dw, and db comes out of the dw pass. Kernels: fastgan/kernels/dense.py (Triton) and
+and dw, and db comes out of the dw pass. Kernels: fastgan/backends/triton/dense.py (Triton) and
 csrc/fastgan_cpu.cpp (CPU).
 """
 
@@ -11,10 +11,10 @@ import math
 import torch
 from torch import Tensor
 
-from fastgan.ops import _checks
-from fastgan.ops._backend import implementation
-from fastgan.ops._library import define_public_op, eager, forbid_double_backward
-from fastgan.ops.codes import ACTIVATION_CODES, ACTIVATIONS, FROM_OUTPUT
+from fastgan.backends.codes import ACTIVATION_CODES, ACTIVATIONS, FROM_OUTPUT
+from fastgan.backends.select import implementation
+from fastgan.ops import checks
+from fastgan.ops._library import define_public_op, dispatch, forbid_double_backward
 
 # ---------------------------------------------------------------------------------------
 # Backend calls, shared by every path.
@@ -126,12 +126,12 @@ class _FusedDense(torch.autograd.Function):
 
 
 def _check_args(x, weight, bias, activation, negative_slope):
-    _checks.check_float_tensor("x", x)
-    _checks.check_float_tensor("weight", weight)
+    checks.check_float_tensor("x", x)
+    checks.check_float_tensor("weight", weight)
     if bias is not None:
-        _checks.check_float_tensor("bias", bias)
-    _checks.check_same_device("x", x, weight=weight, bias=bias)
-    _checks.check_choice("activation", activation, ACTIVATIONS)
+        checks.check_float_tensor("bias", bias)
+    checks.check_same_device("x", x, weight=weight, bias=bias)
+    checks.check_choice("activation", activation, ACTIVATIONS)
     if x.dim() < 1:
         raise ValueError("x: expected a tensor with at least 1 dimension, got a 0-dim tensor")
     if weight.dim() != 2:
@@ -145,7 +145,7 @@ def _check_args(x, weight, bias, activation, negative_slope):
     for name, value in (("weight", weight), ("bias", bias)):
         if value is not None and value.dtype != x.dtype:
             raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {value.dtype}")
-    _checks.check_number("negative_slope", negative_slope)
+    checks.check_number("negative_slope", negative_slope)
     if activation == "leaky_relu" and negative_slope < 0:
         raise ValueError(f"negative_slope: expected >= 0 for leaky_relu (the backward reads the "
                          f"sign of the saved output), got {negative_slope}")
@@ -169,15 +169,13 @@ def fused_dense(x: Tensor, weight: Tensor, bias: Tensor | None = None,
         x, weight, bias = _autocast(x.device.type, x, weight, bias)
     _check_args(x, weight, bias, activation, negative_slope)
     slope = float(negative_slope)
-    if not eager(x, weight, bias):
-        return torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation, slope)[0]
-    impl = implementation(x.device)
-    if hasattr(impl, "fused_dense_autograd"):  # the C++ kernels differentiate in C++ too
-        return impl.fused_dense_autograd(x, weight, bias, ACTIVATION_CODES[activation], slope)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, weight, bias)):
-        return _FusedDense.apply(x, weight, bias, activation, slope)
-    return _forward(x, weight, bias, activation, slope)[0]
+    return dispatch(
+        "fused_dense", (x, weight, bias),
+        registered=lambda: torch.ops.fastgan.fused_dense_fwd(x, weight, bias, activation,
+                                                             slope)[0],
+        native_args=(x, weight, bias, ACTIVATION_CODES[activation], slope),
+        autograd=lambda: _FusedDense.apply(x, weight, bias, activation, slope),
+        plain=lambda: _forward(x, weight, bias, activation, slope)[0])
 
 
 # torch.ops.fastgan.fused_dense is this same function, registered with the dispatcher.

@@ -1,5 +1,5 @@
 """gan_d_loss and gan_g_loss: the GAN's BCE-with-logits losses, each with its gradients
-from one kernel launch (fastgan/kernels/gan_loss.py, or csrc/ on the CPU).
+from one kernel launch (fastgan/backends/triton/gan_loss.py, or csrc/ on the CPU).
 
     gan_d_loss = mean BCE(real_logits, real_target) + mean BCE(fake_logits, fake_target)
     gan_g_loss = mean BCE(fake_logits, 1)          (the non-saturating generator loss)
@@ -10,12 +10,13 @@ real_target < 1 is one-sided label smoothing.
 import torch
 from torch import Tensor
 
-from fastgan.ops import _checks
-from fastgan.ops._backend import implementation, result_dtype
+from fastgan.backends.common import result_dtype
+from fastgan.backends.select import implementation
+from fastgan.ops import checks
 from fastgan.ops._library import (
     LossWithSavedGrads,
     define_public_op,
-    eager,
+    dispatch,
     register_saved_grad_autograd,
 )
 
@@ -47,23 +48,22 @@ register_saved_grad_autograd(gan_loss_fwd, "gan_loss", {0: 0, 2: 1})
 
 
 def _loss(name, a, target_a, b, target_b):
-    """The loss through the eager path or the registered op, with the gradients the
-    logits need computed in the same launch."""
+    """The loss, with the gradients the logits need computed in the same launch."""
     need_a = a.requires_grad and torch.is_grad_enabled()
     need_b = b is not None and b.requires_grad and torch.is_grad_enabled()
-    if not eager(a, b):
-        return torch.ops.fastgan.gan_loss_fwd(a, target_a, b, target_b, need_a, need_b)[0]
-    impl = implementation(a.device)
-    if hasattr(impl, "gan_loss_autograd"):  # the C++ kernels differentiate in C++ too
-        return impl.gan_loss_autograd(a, target_a, b, target_b)
+    inputs = (a,) if b is None else (a, b)
 
     def compute(a, b=None):
         loss, grad_a, grad_b = _forward(a, target_a, b, target_b, need_a, need_b)
-        return loss, (grad_a if need_a else None, grad_b if need_b else None)[:1 + (b is not None)]
+        return loss, (grad_a if need_a else None, grad_b if need_b else None)[:len(inputs)]
 
-    if need_a or need_b:
-        return LossWithSavedGrads.apply(name, compute, *((a,) if b is None else (a, b)))
-    return compute(a, b)[0]
+    return dispatch(
+        "gan_loss", inputs,
+        registered=lambda: torch.ops.fastgan.gan_loss_fwd(a, target_a, b, target_b, need_a,
+                                                          need_b)[0],
+        native_args=(a, target_a, b, target_b),
+        autograd=lambda: LossWithSavedGrads.apply(name, compute, *inputs),
+        plain=lambda: compute(*inputs)[0])
 
 
 def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0,
@@ -71,18 +71,18 @@ def gan_d_loss(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.
     """Discriminator loss: mean BCE(real, real_target) + mean BCE(fake, fake_target),
     loss and both gradients from one kernel launch. real_target < 1 is one-sided label
     smoothing."""
-    _checks.check_float_tensor("real_logits", real_logits)
-    _checks.check_float_tensor("fake_logits", fake_logits)
-    _checks.check_same_device("real_logits", real_logits, fake_logits=fake_logits)
-    _checks.check_number("real_target", real_target)
-    _checks.check_number("fake_target", fake_target)
+    checks.check_float_tensor("real_logits", real_logits)
+    checks.check_float_tensor("fake_logits", fake_logits)
+    checks.check_same_device("real_logits", real_logits, fake_logits=fake_logits)
+    checks.check_number("real_target", real_target)
+    checks.check_number("fake_target", fake_target)
     return _loss("gan_d_loss", real_logits, float(real_target), fake_logits,
                  float(fake_target))
 
 
 def gan_g_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss: mean BCE(fake, 1), loss and gradient in one launch."""
-    _checks.check_float_tensor("fake_logits", fake_logits)
+    checks.check_float_tensor("fake_logits", fake_logits)
     return _loss("gan_g_loss", fake_logits, 1.0, None, 0.0)
 
 

@@ -1,6 +1,6 @@
 """bce_with_logits and mse_loss: each loss and its gradients come out of one pass.
 
-The forward kernel (fastgan/kernels/pointwise_loss.py, or csrc/ on the CPU) writes the
+The forward kernel (fastgan/backends/triton/pointwise_loss.py, or csrc/ on the CPU) writes the
 loss and d loss / d input (and d loss / d target when the target requires grad); the
 backward only scales them by the incoming gradient.
 """
@@ -11,15 +11,16 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction
 
-from fastgan.ops import _checks
-from fastgan.ops._backend import implementation, result_dtype
+from fastgan.backends.codes import LOSS_CODES, REDUCTION_CODES, REDUCTIONS
+from fastgan.backends.common import result_dtype
+from fastgan.backends.select import implementation
+from fastgan.ops import checks
 from fastgan.ops._library import (
     LossWithSavedGrads,
     define_public_op,
-    eager,
+    dispatch,
     register_saved_grad_autograd,
 )
-from fastgan.ops.codes import LOSSES, REDUCTIONS
 
 
 def _forward(input, target, weight, pos_weight, loss, reduction, need_grad_input,
@@ -32,8 +33,8 @@ def _forward(input, target, weight, pos_weight, loss, reduction, need_grad_input
         return None if t is None else t.expand(shape).reshape(rows, cols)
 
     value, grad_input, grad_target = implementation(input.device).pointwise_loss_fwd(
-        as_2d(input), as_2d(target), as_2d(weight), as_2d(pos_weight), LOSSES.index(loss),
-        REDUCTIONS.index(reduction), need_grad_input, need_grad_target)
+        as_2d(input), as_2d(target), as_2d(weight), as_2d(pos_weight), LOSS_CODES[loss],
+        REDUCTION_CODES[reduction], need_grad_input, need_grad_target)
     if reduction == "none":
         value = value.view(shape)
     return (value, grad_input.view(shape) if need_grad_input else grad_input,
@@ -61,34 +62,31 @@ register_saved_grad_autograd(pointwise_loss_fwd, "pointwise_loss", {0: 0, 1: 1})
 
 
 def _loss(input, target, weight, pos_weight, loss, reduction):
-    """The loss through the eager path or the registered op, with the gradients the
-    inputs need computed in the same pass."""
+    """The loss, with the gradients the inputs need computed in the same pass."""
     need_input = input.requires_grad and torch.is_grad_enabled()
     need_target = target.requires_grad and torch.is_grad_enabled()
-    if not eager(input, target, weight, pos_weight):
-        return torch.ops.fastgan.pointwise_loss_fwd(input, target, weight, pos_weight, loss,
-                                                    reduction, need_input, need_target)[0]
-    impl = implementation(input.device)
-    if hasattr(impl, "pointwise_loss_autograd"):  # the C++ kernels differentiate in C++ too
-        return impl.pointwise_loss_autograd(input, target, weight, pos_weight,
-                                            LOSSES.index(loss), REDUCTIONS.index(reduction))
 
     def compute(input, target):
         value, grad_input, grad_target = _forward(input, target, weight, pos_weight, loss,
                                                   reduction, need_input, need_target)
         return value, (grad_input if need_input else None, grad_target if need_target else None)
 
-    if need_input or need_target:
-        return LossWithSavedGrads.apply(loss, compute, input, target)
-    return compute(input, target)[0]
+    return dispatch(
+        "pointwise_loss", (input, target, weight, pos_weight),
+        registered=lambda: torch.ops.fastgan.pointwise_loss_fwd(
+            input, target, weight, pos_weight, loss, reduction, need_input, need_target)[0],
+        native_args=(input, target, weight, pos_weight, LOSS_CODES[loss],
+                     REDUCTION_CODES[reduction]),
+        autograd=lambda: LossWithSavedGrads.apply(loss, compute, input, target),
+        plain=lambda: compute(input, target)[0])
 
 
 def _check_pair(input, target, reduction):
-    _checks.check_float_tensor("input", input)
-    _checks.check_float_tensor("target", target)
-    _checks.check_same_device("input", input, target=target)
-    _checks.check_same_shape("target", target, "input", input)
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    checks.check_float_tensor("input", input)
+    checks.check_float_tensor("target", target)
+    checks.check_same_device("input", input, target=target)
+    checks.check_same_shape("target", target, "input", input)
+    checks.check_choice("reduction", reduction, REDUCTIONS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,10 +97,10 @@ def _bce_with_logits(input, target, weight=None, pos_weight=None, reduction="mea
     _check_pair(input, target, reduction)
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
-            _checks.check_float_tensor(name, value)
-            _checks.check_same_device("input", input, **{name: value})
-            _checks.check_broadcastable(name, value, "input", input)
-            _checks.check_no_grad(name, value, "bce_with_logits")
+            checks.check_float_tensor(name, value)
+            checks.check_same_device("input", input, **{name: value})
+            checks.check_broadcastable(name, value, "input", input)
+            checks.check_no_grad(name, value, "bce_with_logits")
     return _loss(input, target, weight, pos_weight, "bce_with_logits", reduction)
 
 

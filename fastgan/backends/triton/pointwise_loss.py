@@ -9,8 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgan.kernels import _math
-from fastgan.ops._backend import result_dtype
+from fastgan.backends.codes import LOSS_CODES, REDUCTION_CODES
+from fastgan.backends.common import result_dtype
+from fastgan.backends.triton import _math
+
+# The codes of fastgan/backends/codes.py, as compile-time constants for the kernel.
+BCE_WITH_LOGITS = tl.constexpr(LOSS_CODES["bce_with_logits"])
+NO_REDUCTION = tl.constexpr(REDUCTION_CODES["none"])
+MEAN = tl.constexpr(REDUCTION_CODES["mean"])
 
 _BLOCK = 1024
 _ONE_PROGRAM_MAX = 16 * _BLOCK  # up to this size one program reduces in a fixed order
@@ -28,7 +34,7 @@ def pointwise_loss_kernel(
     ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if REDUCTION == 1:  # mean; computed here so fp64 inputs get an fp64 scale
+    if REDUCTION == MEAN:  # computed here so fp64 inputs get an fp64 scale
         reduce_scale = 1.0 / numel.to(ACC_DTYPE)
     else:
         reduce_scale = 1.0
@@ -41,7 +47,7 @@ def pointwise_loss_kernel(
         c = i % C
         x = tl.load(x_ptr + r * stride_x0 + c * stride_x1, mask=mask, other=0.0).to(ACC_DTYPE)
         t = tl.load(t_ptr + r * stride_t0 + c * stride_t1, mask=mask, other=0.0).to(ACC_DTYPE)
-        if LOSS == 0:  # BCE with logits, in torch's own formulation (same ±inf / NaN results)
+        if LOSS == BCE_WITH_LOGITS:  # in torch's own formulation (same ±inf / NaN results)
             ls = _math.log_sigmoid(x)
             if HAS_POS_WEIGHT:
                 pw = tl.load(pw_ptr + r * stride_pw0 + c * stride_pw1, mask=mask,
@@ -63,7 +69,7 @@ def pointwise_loss_kernel(
             w = tl.load(w_ptr + r * stride_w0 + c * stride_w1, mask=mask, other=0.0).to(ACC_DTYPE)
             loss = loss * w
             scale = w * reduce_scale
-        if REDUCTION != 0:
+        if REDUCTION != NO_REDUCTION:
             total += tl.where(mask, loss, 0.0)
         else:
             tl.store(loss_ptr + i, loss.to(loss_ptr.dtype.element_ty), mask=mask)
@@ -71,7 +77,7 @@ def pointwise_loss_kernel(
             tl.store(gx_ptr + i, (gx * scale).to(gx_ptr.dtype.element_ty), mask=mask)
         if NEED_GT:
             tl.store(gt_ptr + i, (gt * scale).to(gt_ptr.dtype.element_ty), mask=mask)
-    if REDUCTION != 0:
+    if REDUCTION != NO_REDUCTION:
         tl.store(loss_ptr + pid, (tl.sum(total, axis=0) * reduce_scale).to(
             loss_ptr.dtype.element_ty))
 
@@ -88,7 +94,7 @@ def pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction, need_
     acc = tl.float64 if out_dtype == torch.float64 else tl.float32
     numel = input.numel()
     R, C = input.shape
-    reduce = reduction != 0
+    reduce = reduction != REDUCTION_CODES["none"]
     programs = _num_programs(numel)
     if reduce:
         # One program writes the loss itself; several write partial sums reduced below.
@@ -104,7 +110,7 @@ def pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction, need_
                      dtype=target.dtype)
     if numel == 0:
         if reduce:  # torch: the mean of nothing is NaN, the sum of nothing is 0
-            loss_buf.fill_(float("nan") if reduction == 1 else 0.0)
+            loss_buf.fill_(float("nan") if reduction == REDUCTION_CODES["mean"] else 0.0)
     else:
         w = weight if weight is not None else input
         pw = pos_weight if pos_weight is not None else input

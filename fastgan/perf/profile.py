@@ -25,14 +25,15 @@ from torch import Tensor
 from torch.profiler import _utils as profiler_utils
 
 from fastgan import config as cfg
-from fastgan import nvml, roofline
-from fastgan.bench.report import device_name, device_slug
+from fastgan.backends.select import backend_for
 from fastgan.data import Dataset, load_dataset
-from fastgan.ops._backend import backend_for
-from fastgan.profile_report import write_report
+from fastgan.devices import SetupError, check_fits, resolve_device
+from fastgan.files import write_json
+from fastgan.perf import nvml, roofline
+from fastgan.perf.profile_report import write_report
+from fastgan.perf.results import device_name, device_slug
+from fastgan.perf.trace import analyze, read_trace
 from fastgan.step import Training
-from fastgan.trace import analyze, read_trace
-from fastgan.train import SetupError, check_fits, resolve_device, write_json
 
 WARMUP_STEPS = 20
 DEFAULT_STEPS = 30

@@ -5,9 +5,9 @@ comes from the session (summary), the trace (trace.Breakdown), the FLOP and byte
 
 from pathlib import Path
 
-from fastgan import trace
 from fastgan.files import atomic_write
-from fastgan.roofline import OpCounts, Peaks
+from fastgan.perf import trace
+from fastgan.perf.roofline import OpCounts, Peaks
 
 SHARE_SHOWN = 0.01  # categories under 1% of the window stay out of the reading's list
 

@@ -1,30 +1,12 @@
-"""The PyTorch backend: the fused ops' internal interface written with plain torch ops.
-
-Every backend (this one, the Triton kernels in fastgan/kernels/, the C++ kernels in csrc/)
-implements the same four functions with the same arguments and results:
-
-    dense_fwd(x, weight, bias, activation, negative_slope, save_preact) -> (out, preact)
-    dense_bwd(grad_out, x, weight, saved, activation, negative_slope,
-              need_dx, need_dw, need_db) -> (dx, dw, db)
-    pointwise_loss_fwd(input, target, weight, pos_weight, loss, reduction,
-                       need_grad_input, need_grad_target) -> (loss, grad_input, grad_target)
-    gan_loss_fwd(a, target_a, b, target_b, need_grad_a, need_grad_b) -> (loss, grad_a, grad_b)
-
-Shapes: dense takes 2-D x (M, K) and weight (N, K); pointwise losses take 2-D (R, C) operands,
-with weight and pos_weight already expanded to (R, C) (stride 0 where broadcast); the GAN
-losses take 1-D logits. Any strides. Outputs are contiguous. A result that was not asked
-for (need_* False, or preact when save_preact is False) is an empty tensor. Losses compute
-in fp32 (fp64 for fp64 inputs), gradients come from the same pass as the loss.
-
-This backend is the fallback where neither Triton nor a C++ compiler is available, and
-the readable statement of what the kernels compute.
-"""
+"""The PyTorch backend: the internal interface (fastgan/backends/__init__.py) written with plain
+torch ops. It is the fallback where neither Triton nor a C++ compiler is available, and the
+readable statement of what the kernels compute."""
 
 import torch
 import torch.nn.functional as F
 
-from fastgan.ops._backend import accumulate_dtype, result_dtype
-from fastgan.ops.codes import ACTIVATIONS, LOSSES, REDUCTIONS
+from fastgan.backends.codes import ACTIVATIONS, LOSSES, REDUCTIONS
+from fastgan.backends.common import accumulate_dtype, result_dtype
 
 _EMPTY = (0,)
 _SQRT1_2 = 0.7071067811865476

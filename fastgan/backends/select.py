@@ -8,19 +8,9 @@ import os
 
 import torch
 
+from fastgan.backends.common import HAS_TRITON, TRITON_INTERPRET
+
 BACKENDS = ("auto", "triton", "cpp", "torch")
-
-# triton.jit decides at decoration time whether a kernel runs in the interpreter, so what
-# counts is the environment when fastgan's kernels were imported (which is now, or later).
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except ImportError:  # macOS, Windows, aarch64 without a triton wheel
-    HAS_TRITON = False
-
 
 def requested_backend() -> str:
     name = os.environ.get("FASTGAN_BACKEND", "auto").strip().lower() or "auto"
@@ -49,30 +39,16 @@ def backend_for(device: torch.device) -> str:
                     "set before fastgan is imported"
                 )
             return "triton"
-        from fastgan.ops import _cpp
+        from fastgan.backends import cpp
 
         if name == "cpp":
-            _cpp.require()
+            cpp.require()
             return "cpp"
-        return "cpp" if _cpp.available() else "torch"
+        return "cpp" if cpp.available() else "torch"
     # Other devices (mps, xpu, ...) have no fused kernels: run the PyTorch path.
     if name in ("triton", "cpp"):
         raise ValueError(f"FASTGAN_BACKEND={name}: no {name} kernels for {device.type} tensors")
     return "torch"
-
-
-def result_dtype(*tensors) -> torch.dtype:
-    """The dtype of a loss over these tensors (None skipped), promoted as torch does."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulation for 16- and 32-bit inputs, fp64 for fp64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # (FASTGAN_BACKEND as set, device type) -> the backend's functions. Ops run this lookup on
@@ -92,13 +68,13 @@ def implementation(device: torch.device):
 
 def _load_implementation(name: str):
     if name == "triton":
-        import fastgan.kernels
+        from fastgan.backends import triton
 
-        return fastgan.kernels
+        return triton
     if name == "cpp":
-        from fastgan.ops import _cpp
+        from fastgan.backends import cpp
 
-        return _cpp.ops()
-    from fastgan.ops import _torch_impl
+        return cpp.ops()
+    from fastgan.backends import pytorch
 
-    return _torch_impl
+    return pytorch

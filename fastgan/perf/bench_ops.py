@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fastgan.ops
-from fastgan.bench.report import new_report, report_path, write_report
-from fastgan.bench.timing import time_fn
+from fastgan.perf.results import new_report, report_path, write_report
+from fastgan.perf.timing import time_fn
 
 # (in_features, out_features, activation) of the default models' layers. The generator
 # takes 64 noise + 10 label-embedding features, the discriminator 784 pixels + 10.

@@ -17,8 +17,13 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgan.kernels import _math
-from fastgan.ops._backend import TRITON_INTERPRET
+from fastgan.backends.codes import ACTIVATION_CODES
+from fastgan.backends.common import TRITON_INTERPRET
+from fastgan.backends.triton import _math
+
+# The activation codes of fastgan/backends/codes.py, as compile-time constants for the kernels.
+NONE, RELU, LEAKY_RELU, TANH, SIGMOID, GELU = (tl.constexpr(ACTIVATION_CODES[name]) for name in (
+    "none", "relu", "leaky_relu", "tanh", "sigmoid", "gelu"))
 
 # tl.dot takes fp64 tiles from triton 3.5; before that, fp64 tiles are multiplied and summed.
 FP64_DOT = tl.constexpr(tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 5))
@@ -32,16 +37,15 @@ def _full_like(t, value: tl.constexpr):
 
 @triton.jit
 def _activate(z, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
-    # ACT indexes fastgan.ops.codes.ACTIVATIONS: none, relu, leaky_relu, tanh, sigmoid, gelu.
-    if ACT == 1:
+    if ACT == RELU:
         out = tl.where(z < 0, 0.0, z)  # keeps NaN, as torch.relu
-    elif ACT == 2:
+    elif ACT == LEAKY_RELU:
         out = tl.where(z > 0, z, z * _full_like(z, NEGATIVE_SLOPE))
-    elif ACT == 3:
+    elif ACT == TANH:
         out = _math.tanh(z)
-    elif ACT == 4:
+    elif ACT == SIGMOID:
         out = _math.sigmoid(z)
-    elif ACT == 5:
+    elif ACT == GELU:
         out = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
     else:
         out = z
@@ -50,13 +54,13 @@ def _activate(z, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
 
 @triton.jit
 def _activation_grad(saved, ACT: tl.constexpr, NEGATIVE_SLOPE: tl.constexpr):
-    if ACT == 1:
+    if ACT == RELU:
         d = tl.where(saved <= 0, 0.0, 1.0)  # NaN: 1, as torch.relu's backward
-    elif ACT == 2:  # NaN: the slope, as F.leaky_relu's backward
+    elif ACT == LEAKY_RELU:  # NaN: the slope, as F.leaky_relu's backward
         d = tl.where(saved > 0, 1.0, _full_like(saved, NEGATIVE_SLOPE))
-    elif ACT == 3:
+    elif ACT == TANH:
         d = 1.0 - saved * saved
-    elif ACT == 4:
+    elif ACT == SIGMOID:
         d = saved * (1.0 - saved)
     else:  # gelu: saved is the pre-activation
         cdf = 0.5 * (1.0 + tl.erf(saved * 0.7071067811865476))
@@ -129,7 +133,7 @@ def _dz_tile(g_ptr, s_ptr, rows, cols, M, N, stride_gm, stride_gn,
     rows and cols may come in either orientation, so the tile may be dz or dz.T."""
     mask = (rows < M) & (cols < N)
     g = tl.load(g_ptr + rows * stride_gm + cols * stride_gn, mask=mask, other=0.0).to(ACC_DTYPE)
-    if ACT != 0:
+    if ACT != NONE:
         s = tl.load(s_ptr + rows * N + cols, mask=mask, other=0.0).to(ACC_DTYPE)
         g = g * _activation_grad(s, ACT, NEGATIVE_SLOPE)
     return g
@@ -220,8 +224,8 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 def _slope(activation: int, negative_slope: float) -> float:
-    # Only leaky_relu (code 2) reads the slope; a fixed value elsewhere avoids recompiles.
-    return float(negative_slope) if activation == 2 else 0.0
+    # Only leaky_relu reads the slope; a fixed value elsewhere avoids recompiles.
+    return float(negative_slope) if activation == LEAKY_RELU else 0.0
 
 
 def _block(size: int, smallest: int, largest: int) -> int:

@@ -27,9 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 import fastgan.ops  # noqa: F401  (defines torch.ops.fastgan.*, whose formulas follow)
-from fastgan.bench.report import device_name, device_slug
-from fastgan.bench.timing import time_fn
 from fastgan.files import atomic_write, cache_dir
+from fastgan.perf.results import device_name, device_slug
+from fastgan.perf.timing import time_fn
 
 # Sizes of the peak measurements: large enough to reach the device's peak, small enough to
 # keep the CPU measurement under a second on 2 cores. bf16 on the CPU: AMX and AVX512-BF16

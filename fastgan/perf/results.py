@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import fastgan
-from fastgan.ops._backend import backend_for
+from fastgan.backends.select import backend_for
 
 
 def device_name(device: torch.device) -> str:

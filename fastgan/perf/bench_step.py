@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgan import config as cfg
-from fastgan import roofline
-from fastgan.bench.report import new_report, report_path, write_report
-from fastgan.bench.timing import time_fn
 from fastgan.data import Dataset, load_dataset
 from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
-from fastgan.profile import count_iteration
+from fastgan.perf import roofline
+from fastgan.perf.profile import count_iteration
+from fastgan.perf.results import new_report, report_path, write_report
+from fastgan.perf.timing import time_fn
 from fastgan.step import EMA_WARMUP, Training
 
 MODES = ("ae", "cgan", "latent-cgan")

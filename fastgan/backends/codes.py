@@ -9,3 +9,5 @@ LOSSES = ("bce_with_logits", "mse")
 REDUCTIONS = ("none", "mean", "sum")
 
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+LOSS_CODES = {name: code for code, name in enumerate(LOSSES)}
+REDUCTION_CODES = {name: code for code, name in enumerate(REDUCTIONS)}

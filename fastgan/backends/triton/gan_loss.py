@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastgan.kernels import _math
-from fastgan.ops._backend import result_dtype
+from fastgan.backends.common import result_dtype
+from fastgan.backends.triton import _math
 
 _BLOCK = 1024
 

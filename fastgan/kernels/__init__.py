@@ -1,9 +1,0 @@
-"""The Triton backend: kernels plus launchers with the internal interface described in
-fastgan/ops/_torch_impl.py. Imported only when a Triton path runs, so fastgan imports
-where triton is not installed."""
-
-from fastgan.kernels.dense import dense_bwd, dense_fwd
-from fastgan.kernels.gan_loss import gan_loss_fwd
-from fastgan.kernels.pointwise_loss import pointwise_loss_fwd
-
-__all__ = ["dense_bwd", "dense_fwd", "gan_loss_fwd", "pointwise_loss_fwd"]
