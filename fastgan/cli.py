@@ -6,6 +6,8 @@
     fastgan profile [options]      a profiling session: trace, NVML samples, roofline report
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
     fastgan bench step [options]   time a whole training iteration against the same
+    fastgan bench quality [opts]   training seconds to a good generator, fastgan against the
+                                   recipe people copy
 
 Each command is a subparser whose `run` default takes the parsed arguments and returns the
 exit status. Bad input gives one line on stderr, `fastgan: error: ...`, and exit status 2.
@@ -16,6 +18,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +29,7 @@ from fastgan.data import DataError, load_dataset
 from fastgan.devices import SetupError, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
-from fastgan.perf import bench_ops, bench_step
+from fastgan.perf import bench_ops, bench_quality, bench_step
 from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
 from fastgan.train import train
@@ -120,6 +123,18 @@ def run_bench_ops(args: argparse.Namespace) -> int:
 def run_bench_step(args: argparse.Namespace) -> int:
     bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
                    args.out, args.command_line, args.compile_mode, args.precision)
+    return 0
+
+
+def run_bench_quality(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    device = bench_device(args)  # on the CPU: builds fastgan's C++ kernels, or loads them
+    setup_seconds = time.perf_counter() - started
+    fastgan_runs = {"fastgan": {}, **{f"fastgan-{path.stem}": config.read_toml(path)
+                                      for path in args.config}}
+    bench_quality.run(device, args.out, args.command_line, setup_seconds, args.dataset,
+                      args.data_dir, fastgan_runs, args.recipe, args.target, args.max_seconds,
+                      args.eval_every, args.max_steps, args.keep_going)
     return 0
 
 
@@ -347,6 +362,32 @@ def add_bench(commands) -> None:
                            f"{bench_step.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
                            f"{bench_step.DEFAULT_REPEAT_MS['cpu']:g} on cpu")
     step.set_defaults(run=run_bench_step)
+
+    quality = benchmarks.add_parser(
+        "quality", help="training seconds to a good conditional generator: fastgan's default "
+                        "against the recipe people copy")
+    add = quality.add_argument
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add("--dataset", default="mnist", metavar="NAME|PATH",
+        help="labeled images: mnist (default, packaged) or a .npy/.npz file")
+    add("--data-dir", type=Path, metavar="DIR", help="a directory of IDX files (e.g. full MNIST)")
+    add("--target", type=fraction, default=bench_quality.DEFAULT_TARGET,
+        help=f"the cond_accuracy to reach (default {bench_quality.DEFAULT_TARGET}; "
+             f"{bench_quality.ALSO_REPORTED} is reported too)")
+    add("--max-seconds", type=positive_float, default=bench_quality.DEFAULT_MAX_SECONDS,
+        help=f"training seconds per run (default {bench_quality.DEFAULT_MAX_SECONDS:g})")
+    add("--eval-every", type=positive_int, default=bench_quality.DEFAULT_EVAL_EVERY,
+        metavar="N", help=f"steps between evaluations (default {bench_quality.DEFAULT_EVAL_EVERY})")
+    add("--max-steps", type=positive_int, metavar="N", help="stop each run after N steps")
+    add("--keep-going", action="store_true",
+        help="train past the target, to --max-seconds (fastgan: to its last step)")
+    add("--config", type=Path, action="append", default=[], metavar="FILE.toml",
+        help="also race fastgan with these settings over its defaults (repeatable)")
+    add("--recipe", action=argparse.BooleanOptionalAction, default=True,
+        help="race the recipe people copy (default: on)")
+    add("--out", type=Path, default=Path("profiles"), metavar="DIR",
+        help="where the JSON report and the plot go (default: ./profiles)")
+    quality.set_defaults(run=run_bench_quality)
 
 
 def build_parser() -> Parser:
