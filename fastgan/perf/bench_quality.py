@@ -240,9 +240,8 @@ def race(build, evaluator: Evaluator, device: torch.device, target: float,
         contender.train_step()
         step = contender.step
         out_of_time = trained + time.perf_counter() - started >= max_seconds
-        stopped = ("max_seconds" if out_of_time else "max_steps"
-                   if max_steps is not None and step >= max_steps
-                   else "last_step" if contender.finished() else None)
+        stopped = ("max_seconds" if out_of_time else "last_step" if contender.finished()
+                   else "max_steps" if max_steps is not None and step >= max_steps else None)
         phase_ends = contender.phase != phase
         if step % eval_every and not (stopped or phase_ends):
             continue
@@ -305,7 +304,7 @@ def run(device: torch.device, out_dir: Path, command: str, backend_setup_seconds
             "data_dir": None if data_dir is None else str(data_dir)}
     configs = {name: cfg.resolve_lengths(cfg.build(values, base), len(data.x))
                for name, values in fastgan_settings.items()}
-    evaluator = Evaluator(data, cfg.build({}, base))
+    evaluator = Evaluator(data, cfg.build({"mode": "cgan"}, base))  # the classifier alone
     report = new_report("quality", device, torch.float32, command)
     report.update(host_cpu=device_name(torch.device("cpu")), dataset=data.name,
                   train_size=len(data.x), held_out_size=len(data.test_x),
