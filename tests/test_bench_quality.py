@@ -47,7 +47,8 @@ def test_the_recipe_trains_as_written():
         group = optimizer.param_groups[0]
         assert (group["lr"], group["betas"]) == (2e-4, (0.5, 0.999))
     assert recipe.images.min() == -1 and recipe.images.max() == 1
-    assert all(not torch.equal(a, b) for a, b in zip(before, recipe.generator.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, recipe.generator.parameters(),
+                                                 strict=True))
     # the evaluator sees images in fastgan's model units, [0, 1]
     samples = recipe.judged().sample_model_units(torch.arange(20) % 10, 20)
     assert samples.shape == (20, 784) and 0 <= samples.min() and samples.max() <= 1
