@@ -54,7 +54,6 @@ def test_the_recipe_trains_as_written():
     assert samples.shape == (20, 784) and 0 <= samples.min() and samples.max() <= 1
 
 
-@pytest.mark.slow  # ~30 s on a 2-core CPU: the recipe's first steps and imports dominate
 def test_a_tiny_race_writes_the_report_table_and_plot(tmp_path, capsys):
     tiny = {"steps": 8, "ae_steps": 4, "batch_size": 32, "ae_hidden": [32], "g_hidden": [32],
             "d_hidden": [32]}
