@@ -308,6 +308,10 @@ def run(device: torch.device, out_dir: Path, command: str, backend_setup_seconds
             "data_dir": None if data_dir is None else str(data_dir)}
     configs = {name: cfg.resolve_lengths(cfg.build(values, base), len(data.x))
                for name, values in fastgan_settings.items()}
+    for name, c in configs.items():
+        if c.mode == "ae" or c.unconditional:
+            raise cfg.ConfigError(f"--config: {name} trains no conditional generator (mode "
+                                  f"{c.mode}{', unconditional' if c.unconditional else ''})")
     evaluator = Evaluator(data, cfg.build({"mode": "cgan"}, base))  # the classifier alone
     report = new_report("quality", device, torch.float32, command)
     report.update(host_cpu=device_name(torch.device("cpu")), dataset=data.name,
