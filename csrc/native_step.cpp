@@ -343,17 +343,20 @@ void adam_range(float* param, const float* grad, float* exp_avg, float* exp_avg_
 void adam_step(Adam& a) {
   std::vector<double> step_size(a.params.size()), bc2_sqrt(a.params.size());
   for (size_t k = 0; k < a.params.size(); ++k) {
-    a.steps[k].add_(1);
-    const double step = a.steps[k].item<float>();
+    // the step counts are 0-dim float32 CPU tensors (checked in add_adam): no op dispatch
+    float* count = a.steps[k].data_ptr<float>();
+    *count += 1;
+    const double step = *count;
     step_size[k] = a.lr / (1 - std::pow(a.beta1, step));
     bc2_sqrt[k] = std::sqrt(1 - std::pow(a.beta2, step));
   }
   float ema_weight = 0;
   if (!a.ema.empty()) {  // decay = min(ema_decay, (1 + t) / (10 + t)), in float32 as on the device
-    const float t = a.ema_steps.item<float>();
+    float* steps = a.ema_steps.data_ptr<float>();
+    const float t = *steps;
     const float decay = std::min((1.f + t) / (10.f + t), static_cast<float>(a.ema_decay));
     ema_weight = 1.f - decay;
-    a.ema_steps.add_(1);
+    *steps += 1;
   }
   at::parallel_for(0, static_cast<int64_t>(a.chunks.size()), 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -413,7 +416,7 @@ class NativeEngine : public torch::CustomClassHolder {
                    double eps) {
     Adam a{params, grads, exp_avgs, exp_avg_sqs, steps, {}, lr, beta1, beta2, eps};
     for (size_t k = 0; k < params.size(); ++k) {
-      for (const auto& t : {params[k], grads[k], exp_avgs[k], exp_avg_sqs[k]}) {
+      for (const auto& t : {params[k], grads[k], exp_avgs[k], exp_avg_sqs[k], steps[k]}) {
         check_fp32_contiguous("Adam tensors", t);
       }
       const int64_t n = params[k].numel();
@@ -432,6 +435,7 @@ class NativeEngine : public torch::CustomClassHolder {
     for (const auto& t : ema) {
       check_fp32_contiguous("EMA tensors", t);
     }
+    check_fp32_contiguous("EMA step count", ema_steps);
     a.ema = std::move(ema);
     a.ema_steps = ema_steps;
     a.ema_decay = decay;
