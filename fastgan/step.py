@@ -217,7 +217,7 @@ class Training:
     def _ae_step(self) -> dict[str, Tensor]:
         x, _ = self.sampler()
         if self._native is not None:
-            return self._native.ae_step(x)
+            return self._native.ae_step(self.shard(x))
         loss = self._ae_loss(self.shard(x))
         self._update("autoencoder", loss)
         return {"ae": loss.detach()}
@@ -241,8 +241,8 @@ class Training:
         real, real_labels = self._real_batch()
         noise, labels = self.noise_and_labels(self.global_batch)
         if self._native is not None:  # G's draws come next in the stream, as below
-            return self._native.gan_step(real, real_labels, noise, labels,
-                                         *self.noise_and_labels(self.global_batch))
+            return self._native.gan_step(*map(self.shard, (
+                real, real_labels, noise, labels, *self.noise_and_labels(self.global_batch))))
         d_loss = self._d_loss(*map(self.shard, (real, real_labels, noise, labels)))
         self._update("discriminator", d_loss)
 
