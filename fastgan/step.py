@@ -13,6 +13,8 @@ optimizers are fused Adam (one multi-tensor kernel per update, also on the CPU),
 CUDA each phase's whole iteration is one CUDA graph (fastgan/graphs.py; --no-cuda-graphs
 turns it off). Nothing in an iteration syncs with the host, so every path runs the same
 step code: the EMA's decay, for one, comes from a step counter on the device.
+On the CPU, fp32, the default engine is native instead (--engine, fastgan/native.py): each
+phase's iteration is one C++ call on the same tensors, fed the same random draws.
 
 Under torchrun (fastgan/distributed.py) the trained modules run under DDP: every rank draws
 the global batch and noise from the same generator state and trains on its own rows.
