@@ -234,6 +234,9 @@ def add_settings(add, lengths: bool = True) -> None:
              "it measured slower)")
     add("--cuda-graphs", action=argparse.BooleanOptionalAction,
         help="on CUDA, replay each training iteration as one CUDA graph (default: on)")
+    add("--engine", choices=config.ENGINES,
+        help="native: each iteration as one C++ call (default on the CPU, fp32); torch: "
+             "autograd and torch.optim")
     add("--seed", type=non_negative_int)
     add("--config", type=Path, default=None, metavar="FILE.toml")
 

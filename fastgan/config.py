@@ -19,6 +19,7 @@ else:  # pragma: no cover - Python 3.10
 MODES = ("ae", "cgan", "latent-cgan")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+ENGINES = ("native", "torch")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool | None = None  # torch.compile the losses; None: on CUDA only (fastest)
     cuda_graphs: bool = True  # on CUDA, each iteration is one CUDA graph replay
+    engine: str | None = None  # native | torch; None: native where it runs (fastgan/native.py)
     seed: int = 0
     log_every: int = 50
     eval_every: int = 1000
@@ -167,9 +169,9 @@ def validate(config: TrainConfig) -> None:
         if value is not None and not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a positive number, "
                               f"got {value}")
-    choices = {"mode": MODES, "device": DEVICES, "precision": PRECISIONS}
+    choices = {"mode": MODES, "device": DEVICES, "precision": PRECISIONS, "engine": ENGINES}
     for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
+        if getattr(config, name) not in allowed and getattr(config, name) is not None:
             raise ConfigError(f"--{name}: expected one of {', '.join(allowed)}, "
                               f"got {getattr(config, name)!r}")
     if len(config.betas) != 2 or not all(0 <= b < 1 for b in config.betas):

@@ -13,6 +13,8 @@ optimizers are fused Adam (one multi-tensor kernel per update, also on the CPU),
 CUDA each phase's whole iteration is one CUDA graph (fastgan/graphs.py; --no-cuda-graphs
 turns it off). Nothing in an iteration syncs with the host, so every path runs the same
 step code: the EMA's decay, for one, comes from a step counter on the device.
+On the CPU, fp32, the default engine is native instead (--engine, fastgan/native.py): each
+phase's iteration is one C++ call on the same tensors, fed the same random draws.
 
 Under torchrun (fastgan/distributed.py) the trained modules run under DDP: every rank draws
 the global batch and noise from the same generator state and trains on its own rows.
@@ -36,6 +38,7 @@ from fastgan.data import BatchSampler, Dataset, kmeans_labels
 from fastgan.distributed import DDP_GRAPH_WARMUP, World, ddp_graphs_problem
 from fastgan.graphs import WARMUP, GraphedStep, supports_graphs
 from fastgan.models import Autoencoder, Generator, build_models
+from fastgan.native import NativeStep, choose_engine
 from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
 
 EMA_WARMUP = 10  # the EMA's decay ramps up as (1 + t) / (EMA_WARMUP + t)
@@ -118,6 +121,10 @@ class Training:
         self.fakes = Fakes(self.models["generator"], self.models["autoencoder"]
                            if config.mode == "latent-cgan" else None) \
             if "generator" in self.models else None
+        # native: each phase's iteration is one C++ call (fastgan/native.py), made with the phase
+        self.engine = choose_engine(config, device, world.launched, self.models,
+                                    self.optimizers, announce=world.is_main)
+        self._native: NativeStep | None = None
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c, m = self.config, self.models
@@ -145,6 +152,9 @@ class Training:
         step = self._ae_step if phase == "ae" else self._gan_step
         if self._trained_phase != phase:
             self._trained, self._trained_phase = self._phase_modules(phase), phase
+            self._native = NativeStep(phase, self.config, self.models, self.optimizers,
+                                      getattr(self, "_ema_steps", None)) \
+                if self.engine == "native" else None
         if self.graphed:
             if phase not in self._graphs:
                 warmup = DDP_GRAPH_WARMUP if self.world.launched else WARMUP
@@ -208,6 +218,8 @@ class Training:
 
     def _ae_step(self) -> dict[str, Tensor]:
         x, _ = self.sampler()
+        if self._native is not None:
+            return self._native.ae_step(self.shard(x))
         loss = self._ae_loss(self.shard(x))
         self._update("autoencoder", loss)
         return {"ae": loss.detach()}
@@ -230,6 +242,9 @@ class Training:
     def _gan_step(self) -> dict[str, Tensor]:
         real, real_labels = self._real_batch()
         noise, labels = self.noise_and_labels(self.global_batch)
+        if self._native is not None:  # G's draws come next in the stream, as below
+            return self._native.gan_step(*map(self.shard, (
+                real, real_labels, noise, labels, *self.noise_and_labels(self.global_batch))))
         d_loss = self._d_loss(*map(self.shard, (real, real_labels, noise, labels)))
         self._update("discriminator", d_loss)
 

@@ -103,7 +103,8 @@ def test_bench_step_measures_every_variant_and_writes_the_report(tmp_path, capsy
     [row] = report["rows"]
     assert (row["mode"], row["batch"], row["errors"]) == ("ae", 64, {})
     assert set(row["samples_per_s"]) == set(report["variants"]) >= {
-        "eager", "compile", "fastgan", "fastgan_compiled", "fastgan_torch_ops"}
+        "eager", "compile", "fastgan", "fastgan_torch_engine", "fastgan_compiled",
+        "fastgan_torch_ops"}
     assert all(rate > 0 for rate in row["samples_per_s"].values())
     assert row["fastgan_vs_eager"] == pytest.approx(
         row["ms"]["eager"] / row["ms"]["fastgan"], rel=1e-2)

@@ -22,7 +22,9 @@ import torch
 from fastgan.files import cache_dir
 
 NAME = "fastgan_cpu"
-SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "fastgan_cpu.cpp"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# the kernels, and the native training iteration (fastgan/native.py), in one library
+SOURCES = [CSRC / "fastgan_cpu.cpp", CSRC / "native_step.cpp"]
 CFLAGS = ["-O3", "-fopenmp", "-march=native"]
 LDFLAGS = ["-fopenmp"]
 
@@ -104,12 +106,13 @@ def _build_dir(source_text: str) -> Path:
 
 
 def _build_and_load() -> None:
-    if not SOURCE.is_file():
-        raise FileNotFoundError(f"{SOURCE} not found; C++ kernels need a source checkout")
+    missing = [str(source) for source in SOURCES if not source.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} not found; C++ kernels need a source checkout")
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise FileNotFoundError(f"no C++ compiler: {compiler!r} not found")
-    build_dir = _build_dir(SOURCE.read_text(encoding="utf-8"))
+    build_dir = _build_dir("\0".join(s.read_text(encoding="utf-8") for s in SOURCES))
     build_dir.mkdir(parents=True, exist_ok=True)
     from torch.utils import cpp_extension  # slow to import: only when building
 
@@ -122,7 +125,7 @@ def _build_and_load() -> None:
     try:
         cpp_extension.load(
             name=NAME,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,
             build_directory=str(build_dir),

@@ -8,7 +8,8 @@ batch size, for
               default on the CPU)
     fastgan   fastgan's Training.train_step, as `fastgan train` runs it by default
     ablations fastgan with one piece changed (CUDA: without graphs, without compile, without
-              either; CPU: compiled, plain-PyTorch ops, unfused Adam)
+              either; CPU: the torch engine instead of the native one, and on the torch
+              engine: compiled, plain-PyTorch ops, unfused Adam)
 
 Every variant does the same work per iteration: ae is one autoencoder step; cgan and
 latent-cgan are one D step (real and fake batches) and one G step with D frozen, then the
@@ -65,9 +66,10 @@ FASTGAN_VARIANTS = {
     },
     "cpu": {
         "fastgan": ({}, None, True),
-        "fastgan_compiled": ({"compile": True}, None, True),
-        "fastgan_torch_ops": ({}, "torch", True),
-        "fastgan_unfused_adam": ({}, None, False),
+        "fastgan_torch_engine": ({"engine": "torch"}, None, True),
+        "fastgan_compiled": ({"compile": True, "engine": "torch"}, None, True),
+        "fastgan_torch_ops": ({"engine": "torch"}, "torch", True),
+        "fastgan_unfused_adam": ({"engine": "torch"}, None, False),
     },
 }
 

@@ -1,0 +1,553 @@
+// The training iteration as one native call (fastgan/native.py drives it): the autoencoder step,
+// and the GAN iteration (D's step, G's step with D frozen, Adam for each, the EMA of G), for
+// fastgan's models: MLPs of fused linear layers whose first layer may add a label embedding's
+// term (models.py's _Conditioned, PacGAN packing included).
+//
+// No autograd and no Python inside: each layer's forward is one GEMM (bias included) into a buffer
+// and one vectorized activation pass; its backward is one pass for act' (with the bias gradient's
+// column sums) and the GEMMs for the weight and input gradients. Buffers are made on the first
+// step at a batch size and reused after. Adam and the EMA are one pass over all parameters.
+// fp32 only. The arithmetic follows the eager path's: torch's fused CPU Adam and lerp formulas.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+// Elementwise passes over fewer elements stay on the calling thread: waking the pool costs more.
+constexpr int64_t kGrain = 32768;
+constexpr int64_t kAdamChunk = 16384;  // elements per task of the Adam + EMA pass
+
+enum Act : int64_t { kNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3, kSigmoid = 4 };
+
+inline Vec activate(Vec z, int64_t act, const Vec& slope) {
+  switch (act) {
+    case kRelu: return at::vec::clamp_min(z, Vec(0.f));
+    case kLeakyRelu: return Vec::blendv(z * slope, z, z > Vec(0.f));
+    case kTanh: return z.tanh();
+    case kSigmoid: return (Vec(1.f) + z.neg().exp()).reciprocal();
+    default: return z;
+  }
+}
+
+// d act / d z from the layer's output (leaky_relu's slope is >= 0, so the output's sign is z's).
+inline Vec activation_grad(Vec out, int64_t act, const Vec& slope) {
+  switch (act) {
+    case kRelu: return Vec::blendv(Vec(0.f), Vec(1.f), out > Vec(0.f));
+    case kLeakyRelu: return Vec::blendv(slope, Vec(1.f), out > Vec(0.f));
+    case kTanh: return Vec(1.f) - out * out;
+    case kSigmoid: return out * (Vec(1.f) - out);
+    default: return Vec(1.f);
+  }
+}
+
+// z = act(z) in place.
+void activate_inplace(at::Tensor& z, int64_t act, float negative_slope) {
+  if (act == kNone) {
+    return;
+  }
+  const int64_t n = z.numel();
+  float* zp = z.data_ptr<float>();
+  const Vec slope(negative_slope);
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) {
+      activate(Vec::loadu(zp + i), act, slope).store(zp + i);
+    }
+    if (i < end) {
+      activate(Vec::loadu(zp + i, end - i), act, slope).store(zp + i, end - i);
+    }
+  });
+}
+
+// grad = grad * act'(out) in place, and, when bias_grad is defined, its column sums into it.
+// Threads split the columns, so each sums its own columns over all rows in a fixed order.
+void activation_backward(at::Tensor& grad, const at::Tensor& out, int64_t act,
+                         float negative_slope, at::Tensor* bias_grad) {
+  if (act == kNone && bias_grad == nullptr) {
+    return;
+  }
+  const int64_t rows = grad.size(0), cols = grad.size(1);
+  float* gp = grad.data_ptr<float>();
+  const float* op = out.data_ptr<float>();
+  float* dbp = bias_grad ? bias_grad->data_ptr<float>() : nullptr;
+  const Vec slope(negative_slope);
+  const int64_t blocks = (cols + kLanes - 1) / kLanes;
+  const int64_t block_grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(rows * kLanes, 1));
+  at::parallel_for(0, blocks, block_grain, [&](int64_t b0, int64_t b1) {
+    constexpr int64_t kRowsPerPartial = 64;  // float partial sums over short runs of rows
+    std::vector<Vec> total(b1 - b0, Vec(0.f)), partial(b1 - b0, Vec(0.f));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t c = b * kLanes, n = std::min(kLanes, cols - c);
+        float* g = gp + r * cols + c;
+        Vec d = Vec::loadu(g, n);
+        if (act != kNone) {
+          d = d * activation_grad(Vec::loadu(op + r * cols + c, n), act, slope);
+          d.store(g, n);
+        }
+        partial[b - b0] = partial[b - b0] + d;  // loadu(ptr, n) zero-fills past n
+      }
+      if (dbp && ((r + 1) % kRowsPerPartial == 0 || r + 1 == rows)) {
+        for (int64_t b = b0; b < b1; ++b) {
+          total[b - b0] = total[b - b0] + partial[b - b0];
+          partial[b - b0] = Vec(0.f);
+        }
+      }
+    }
+    if (dbp) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t c = b * kLanes;
+        total[b - b0].store(dbp + c, std::min(kLanes, cols - c));
+      }
+    }
+  });
+}
+
+// Sum of a fixed split of [0, n) into pieces, each piece's sum from body(begin, end) in double,
+// added in piece order: deterministic for any thread count.
+template <typename Body>
+double sum_pieces(int64_t n, int64_t piece_size, const Body& body) {
+  const int64_t pieces = std::max<int64_t>(1, (n + piece_size - 1) / piece_size);
+  std::vector<double> partials(pieces, 0.0);
+  at::parallel_for(0, pieces, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      partials[p] = body(p * piece_size, std::min(n, (p + 1) * piece_size));
+    }
+  });
+  double total = 0;
+  for (const double part : partials) {
+    total += part;
+  }
+  return total;
+}
+
+double vec_sum(const Vec& v) {
+  float lanes[kLanes];
+  v.store(lanes);
+  double s = 0;
+  for (int64_t i = 0; i < kLanes; ++i) {
+    s += lanes[i];
+  }
+  return s;
+}
+
+// mean((input - target)^2), its gradient 2 (input - target) / numel into grad.
+double mse(const at::Tensor& input, const at::Tensor& target, at::Tensor& grad) {
+  const int64_t n = input.numel();
+  const float* xp = input.data_ptr<float>();
+  const float* tp = target.data_ptr<float>();
+  float* gp = grad.data_ptr<float>();
+  const Vec scale(2.f / static_cast<float>(n));
+  const double sum = sum_pieces(n, kGrain, [&](int64_t begin, int64_t end) {
+    Vec acc(0.f);
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) {
+      const Vec d = Vec::loadu(xp + i) - Vec::loadu(tp + i);
+      acc = at::vec::fmadd(d, d, acc);
+      (scale * d).store(gp + i);
+    }
+    if (i < end) {
+      const int64_t m = end - i;
+      const Vec d = Vec::loadu(xp + i, m) - Vec::loadu(tp + i, m);
+      acc = at::vec::fmadd(d, d, acc);
+      (scale * d).store(gp + i, m);
+    }
+    return vec_sum(acc);
+  });
+  return sum / static_cast<double>(n);
+}
+
+// mean BCE-with-logits(x, target) over n logits, with its gradient (sigmoid(x) - target) / n.
+// A few thousand logits at most: a scalar loop.
+double mean_bce(const float* x, int64_t n, double target, float* grad) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    const double log_sigmoid = std::min(v, 0.0) - std::log1p(std::exp(-std::abs(v)));
+    sum += (1.0 - target) * v - log_sigmoid;
+    grad[i] = static_cast<float>((1.0 / (1.0 + std::exp(-v)) - target) / static_cast<double>(n));
+  }
+  return sum / static_cast<double>(n);
+}
+
+struct Layer {
+  at::Tensor weight, bias, weight_grad, bias_grad;  // grads undefined for a frozen MLP
+  int64_t activation;
+  float negative_slope;
+};
+
+// One MLP's tensors at one number of input rows.
+struct Buffers {
+  at::Tensor input;                // what the first layer read (the caller's tensor)
+  at::Tensor embedded;             // (rows, pack * width): the packed rows' label embeddings
+  at::Tensor embedded_grad;        // its gradient
+  std::vector<at::Tensor> outs;    // each layer's output
+  std::vector<at::Tensor> grads;   // dL/d(layer output), turned into dL/dz in place
+  at::Tensor input_grad;           // dL/d(input), when asked for
+};
+
+struct Mlp {
+  std::vector<Layer> layers;
+  // The first layer's label term (undefined when unconditional): embed (classes, width) and
+  // label_weight (first width, pack * width), with their gradients.
+  at::Tensor embed, label_weight, embed_grad, label_weight_grad;
+  int64_t pack = 1;
+  bool trainable = false;
+  std::map<int64_t, Buffers> buffers;  // by the input's row count
+
+  bool conditioned() const { return embed.defined(); }
+
+  // The buffers for `rows` input rows; `final_out`, when given, is where the last layer writes
+  // (a view into the consumer's buffer, which spares a copy).
+  Buffers& at_rows(int64_t rows, const at::Tensor& like, const at::Tensor& final_out = {}) {
+    auto found = buffers.find(rows);
+    if (found != buffers.end()) {
+      return found->second;
+    }
+    Buffers& b = buffers[rows];
+    const int64_t packed = rows / pack;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const int64_t width = layers[i].weight.size(0);
+      const bool last = i + 1 == layers.size();
+      b.outs.push_back(last && final_out.defined() ? final_out.view({packed, width})
+                                                   : at::empty({packed, width}, like.options()));
+      b.grads.push_back(at::empty({packed, width}, like.options()));
+    }
+    if (conditioned()) {
+      b.embedded = at::empty({packed, label_weight.size(1)}, like.options());
+      b.embedded_grad = at::empty({rows, embed.size(1)}, like.options());
+    }
+    return b;
+  }
+
+  // The MLP on x (rows, features), packed `pack` rows to one; returns the last layer's output.
+  const at::Tensor& forward(const at::Tensor& x, const std::optional<at::Tensor>& labels,
+                            const at::Tensor& final_out = {}) {
+    const int64_t rows = x.size(0);
+    Buffers& b = at_rows(rows, x, final_out);
+    b.input = x.view({rows / pack, -1});
+    at::Tensor h = b.input;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const Layer& layer = layers[i];
+      at::Tensor& out = b.outs[i];
+      // the bias inside the GEMM, as F.linear and fastgan's fused_dense add it: an exactly
+      // zero pre-activation then stays zero, and act' at it (leaky_relu's) stays the eager one
+      at::addmm_out(out, layer.bias, h, layer.weight.t());
+      if (i == 0 && conditioned()) {
+        TORCH_CHECK(labels.has_value(), "fastgan_native: a conditional model needs labels");
+        at::Tensor embedded_rows = b.embedded.view({rows, embed.size(1)});
+        at::index_select_out(embedded_rows, embed, 0, *labels);
+        at::addmm_out(out, out, b.embedded, label_weight.t());
+      }
+      activate_inplace(out, layer.activation, layer.negative_slope);
+      h = out;
+    }
+    return b.outs.back();
+  }
+
+  // dL/d(last output) is in buffers(rows).grads.back(): backpropagates it, writing the
+  // parameters' gradients when param_grads, and dL/d(input) into input_grad when defined.
+  void backward(int64_t rows, bool param_grads, const std::optional<at::Tensor>& labels,
+                const at::Tensor& input_grad = {}) {
+    Buffers& b = buffers.at(rows);
+    TORCH_CHECK(!param_grads || trainable, "fastgan_native: gradients of a frozen MLP");
+    for (int64_t i = static_cast<int64_t>(layers.size()) - 1; i >= 0; --i) {
+      Layer& layer = layers[i];
+      at::Tensor& dz = b.grads[i];
+      activation_backward(dz, b.outs[i], layer.activation, layer.negative_slope,
+                          param_grads ? &layer.bias_grad : nullptr);
+      const at::Tensor& h = i == 0 ? b.input : b.outs[i - 1];
+      if (param_grads) {
+        at::mm_out(layer.weight_grad, dz.t(), h);
+        if (i == 0 && conditioned()) {
+          at::mm_out(label_weight_grad, dz.t(), b.embedded);
+          at::Tensor packed = b.embedded_grad.view({rows / pack, -1});
+          at::mm_out(packed, dz, label_weight);
+          embed_grad.zero_();
+          embed_grad.index_add_(0, *labels, b.embedded_grad);
+        }
+      }
+      if (i > 0) {
+        at::mm_out(b.grads[i - 1], dz, layer.weight);
+      } else if (input_grad.defined()) {
+        at::Tensor packed = input_grad.view({rows / pack, -1});
+        at::mm_out(packed, dz, layer.weight);
+      }
+    }
+  }
+};
+
+// One optimizer's parameters and Adam state (torch.optim.Adam's tensors, updated in place), and
+// optionally the EMA copies of its parameters.
+struct Adam {
+  std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps, ema;
+  double lr, beta1, beta2, eps;
+  at::Tensor ema_steps;  // GAN steps taken (0-dim float32)
+  double ema_decay = 0;
+  std::vector<std::array<int64_t, 3>> chunks;  // (tensor, begin, end): the pass's tasks
+};
+
+// ATen's lerp: self + w (end - self) for |w| < 0.5, else end - (end - self)(1 - w).
+inline Vec lerp(const Vec& self, const Vec& end, const Vec& weight) {
+  const auto small = weight.abs() < Vec(0.5f);
+  const Vec coeff = Vec::blendv(weight - Vec(1.f), weight, small);
+  const Vec base = Vec::blendv(end, self, small);
+  return at::vec::fmadd(coeff, end - self, base);
+}
+
+// torch's fused CPU Adam (no weight decay, amsgrad or maximize) on one range of one tensor, then
+// ema = lerp(ema, param, ema_weight) when ema is given.
+void adam_range(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, float* ema,
+                int64_t n, double step_size, double bias_correction2_sqrt, double beta1,
+                double beta2, double eps, float ema_weight) {
+  const Vec avg_weight(static_cast<float>(1 - beta1)), beta2_v(static_cast<float>(beta2)),
+      sq_weight(static_cast<float>(1 - beta2)), bc2(static_cast<float>(bias_correction2_sqrt)),
+      eps_v(static_cast<float>(eps)), neg_step(static_cast<float>(-step_size)),
+      ema_w(ema_weight);
+  int64_t i = 0;
+  auto body = [&](int64_t at, int64_t m) {
+    const Vec g = Vec::loadu(grad + at, m);
+    const Vec avg = lerp(Vec::loadu(exp_avg + at, m), g, avg_weight);
+    const Vec sq = Vec::loadu(exp_avg_sq + at, m) * beta2_v + sq_weight * g * g;
+    avg.store(exp_avg + at, m);
+    sq.store(exp_avg_sq + at, m);
+    const Vec denom = sq.sqrt() / bc2 + eps_v;
+    const Vec p = Vec::loadu(param + at, m) + neg_step * avg / denom;
+    p.store(param + at, m);
+    if (ema) {
+      lerp(Vec::loadu(ema + at, m), p, ema_w).store(ema + at, m);
+    }
+  };
+  for (; i + kLanes <= n; i += kLanes) {
+    body(i, kLanes);
+  }
+  if (i < n) {
+    body(i, n - i);
+  }
+}
+
+void adam_step(Adam& a) {
+  std::vector<double> step_size(a.params.size()), bc2_sqrt(a.params.size());
+  for (size_t k = 0; k < a.params.size(); ++k) {
+    // the step counts are 0-dim float32 CPU tensors (checked in add_adam): no op dispatch
+    float* count = a.steps[k].data_ptr<float>();
+    *count += 1;
+    const double step = *count;
+    step_size[k] = a.lr / (1 - std::pow(a.beta1, step));
+    bc2_sqrt[k] = std::sqrt(1 - std::pow(a.beta2, step));
+  }
+  float ema_weight = 0;
+  if (!a.ema.empty()) {  // decay = min(ema_decay, (1 + t) / (10 + t)), in float32 as on the device
+    float* steps = a.ema_steps.data_ptr<float>();
+    const float t = *steps;
+    const float decay = std::min((1.f + t) / (10.f + t), static_cast<float>(a.ema_decay));
+    ema_weight = 1.f - decay;
+    *steps += 1;
+  }
+  at::parallel_for(0, static_cast<int64_t>(a.chunks.size()), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const auto [k, begin, end] = a.chunks[c];
+      float* ema = a.ema.empty() ? nullptr : a.ema[k].data_ptr<float>() + begin;
+      adam_range(a.params[k].data_ptr<float>() + begin, a.grads[k].data_ptr<float>() + begin,
+                 a.exp_avgs[k].data_ptr<float>() + begin,
+                 a.exp_avg_sqs[k].data_ptr<float>() + begin, ema, end - begin, step_size[k],
+                 bc2_sqrt[k], a.beta1, a.beta2, a.eps, ema_weight);
+    }
+  });
+}
+
+void check_fp32_contiguous(const char* what, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "fastgan_native: ", what, ": expected contiguous float32 CPU tensors");
+}
+
+}  // namespace
+
+// One phase's engine: its MLPs, optimizers and buffers. Python (fastgan/native.py) adds them
+// once, then calls ae_step or gan_step every iteration.
+class NativeEngine : public torch::CustomClassHolder {
+ public:
+  int64_t add_mlp(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+                  std::vector<at::Tensor> weight_grads, std::vector<at::Tensor> bias_grads,
+                  std::vector<int64_t> activations, std::vector<double> negative_slopes,
+                  std::vector<at::Tensor> label_term, int64_t pack) {
+    Mlp mlp;
+    mlp.trainable = !weight_grads.empty();
+    for (size_t i = 0; i < weights.size(); ++i) {
+      check_fp32_contiguous("weights", weights[i]);
+      check_fp32_contiguous("biases", biases[i]);
+      TORCH_CHECK(activations[i] >= kNone && activations[i] <= kSigmoid,
+                  "fastgan_native: unsupported activation code ", activations[i]);
+      mlp.layers.push_back({weights[i], biases[i],
+                            mlp.trainable ? weight_grads[i] : at::Tensor(),
+                            mlp.trainable ? bias_grads[i] : at::Tensor(), activations[i],
+                            static_cast<float>(negative_slopes[i])});
+    }
+    if (!label_term.empty()) {  // embed, label_weight[, embed_grad, label_weight_grad]
+      mlp.embed = label_term[0];
+      mlp.label_weight = label_term[1];
+      if (mlp.trainable) {
+        mlp.embed_grad = label_term[2];
+        mlp.label_weight_grad = label_term[3];
+      }
+    }
+    mlp.pack = pack;
+    mlps_.push_back(std::move(mlp));
+    return static_cast<int64_t>(mlps_.size()) - 1;
+  }
+
+  int64_t add_adam(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+                   std::vector<at::Tensor> exp_avgs, std::vector<at::Tensor> exp_avg_sqs,
+                   std::vector<at::Tensor> steps, double lr, double beta1, double beta2,
+                   double eps) {
+    Adam a{params, grads, exp_avgs, exp_avg_sqs, steps, {}, lr, beta1, beta2, eps};
+    for (size_t k = 0; k < params.size(); ++k) {
+      for (const auto& t : {params[k], grads[k], exp_avgs[k], exp_avg_sqs[k], steps[k]}) {
+        check_fp32_contiguous("Adam tensors", t);
+      }
+      const int64_t n = params[k].numel();
+      for (int64_t begin = 0; begin < n; begin += kAdamChunk) {
+        a.chunks.push_back({static_cast<int64_t>(k), begin, std::min(n, begin + kAdamChunk)});
+      }
+    }
+    adams_.push_back(std::move(a));
+    return static_cast<int64_t>(adams_.size()) - 1;
+  }
+
+  // The EMA of optimizer `adam`'s parameters (ema[k] follows its params[k]), updated in its pass.
+  void set_ema(int64_t adam, std::vector<at::Tensor> ema, at::Tensor ema_steps, double decay) {
+    Adam& a = adams_.at(adam);
+    TORCH_CHECK(ema.size() == a.params.size(), "fastgan_native: one EMA tensor per parameter");
+    for (const auto& t : ema) {
+      check_fp32_contiguous("EMA tensors", t);
+    }
+    check_fp32_contiguous("EMA step count", ema_steps);
+    a.ema = std::move(ema);
+    a.ema_steps = ema_steps;
+    a.ema_decay = decay;
+  }
+
+  // latent-cgan: G's outputs are standardized latents, decoded as decoder(u * std + mean).
+  void set_latent(at::Tensor mean, at::Tensor std) {
+    latent_mean_ = mean;
+    latent_std_ = std;
+  }
+
+  at::Tensor ae_step(int64_t encoder, int64_t decoder, int64_t adam, at::Tensor x) {
+    check_fp32_contiguous("x", x);
+    Mlp& enc = mlps_.at(encoder);
+    Mlp& dec = mlps_.at(decoder);
+    const int64_t rows = x.size(0);
+    const at::Tensor& latent = enc.forward(x, std::nullopt);
+    const at::Tensor& recon = dec.forward(latent, std::nullopt);
+    const double loss = mse(recon, x, dec.buffers.at(rows).grads.back());
+    dec.backward(rows, true, std::nullopt, enc.buffers.at(rows).grads.back());
+    enc.backward(rows, true, std::nullopt);
+    adam_step(adams_.at(adam));
+    return at::scalar_tensor(loss, x.options());
+  }
+
+  // One GAN iteration; returns (D's loss, G's loss). decoder < 0: G makes data (cgan).
+  at::Tensor gan_step(int64_t generator, int64_t decoder, int64_t discriminator, int64_t adam_d,
+                      int64_t adam_g, at::Tensor real, std::optional<at::Tensor> real_labels,
+                      at::Tensor noise_d, std::optional<at::Tensor> labels_d,
+                      at::Tensor noise_g, std::optional<at::Tensor> labels_g,
+                      double real_target) {
+    check_fp32_contiguous("real", real);
+    Mlp& d = mlps_.at(discriminator);
+    const int64_t n = real.size(0);
+    if (!d_input_.defined() || d_input_.size(0) != 2 * n) {
+      d_input_ = at::empty({2 * n, real.size(1)}, real.options());
+      d_labels_ = labels_d ? at::empty({2 * n}, labels_d->options()) : at::Tensor();
+    }
+    at::Tensor fake = d_input_.narrow(0, n, n);
+
+    // D's step on [real; fake], fake made without gradients
+    d_input_.narrow(0, 0, n).copy_(real);
+    std::optional<at::Tensor> both_labels;
+    if (labels_d) {
+      d_labels_.narrow(0, 0, n).copy_(*real_labels);
+      d_labels_.narrow(0, n, n).copy_(*labels_d);
+      both_labels = d_labels_;
+    }
+    generate(generator, decoder, noise_d, labels_d, fake);
+    const at::Tensor& logits = d.forward(d_input_, both_labels);
+    const int64_t half = logits.numel() / 2;
+    float* grad = d.buffers.at(2 * n).grads.back().data_ptr<float>();
+    const float* lp = logits.data_ptr<float>();
+    const double d_loss = mean_bce(lp, half, real_target, grad) +
+                          mean_bce(lp + half, half, 0.0, grad + half);
+    d.backward(2 * n, true, both_labels);
+    adam_step(adams_.at(adam_d));
+
+    // G's step through the frozen D, then the EMA (in G's Adam pass)
+    generate(generator, decoder, noise_g, labels_g, fake);
+    const at::Tensor& g_logits = d.forward(fake, labels_g);
+    const double g_loss = mean_bce(g_logits.data_ptr<float>(), g_logits.numel(), 1.0,
+                                   d.buffers.at(n).grads.back().data_ptr<float>());
+    Mlp& g = mlps_.at(generator);
+    if (decoder < 0) {
+      d.backward(n, false, labels_g, g.buffers.at(n).grads.back());
+    } else {
+      Mlp& dec = mlps_.at(decoder);
+      Buffers& db = dec.buffers.at(n);
+      if (!db.input_grad.defined()) {
+        db.input_grad = at::empty_like(db.input);
+      }
+      d.backward(n, false, labels_g, db.grads.back());
+      dec.backward(n, false, std::nullopt, db.input_grad);
+      at::mul_out(g.buffers.at(n).grads.back(), db.input_grad, latent_std_);
+    }
+    g.backward(n, true, labels_g);
+    adam_step(adams_.at(adam_g));
+    return at::tensor({static_cast<float>(d_loss), static_cast<float>(g_loss)}, real.options());
+  }
+
+ private:
+  // G's samples in data units into `out`: G's output, decoded in latent mode.
+  void generate(int64_t generator, int64_t decoder, const at::Tensor& noise,
+                const std::optional<at::Tensor>& labels, at::Tensor& out) {
+    check_fp32_contiguous("noise", noise);
+    Mlp& g = mlps_.at(generator);
+    if (decoder < 0) {
+      g.forward(noise, labels, out);
+      return;
+    }
+    const at::Tensor& u = g.forward(noise, labels);
+    if (!decoder_input_.defined() || decoder_input_.sizes() != u.sizes()) {
+      decoder_input_ = at::empty_like(u);
+    }
+    at::addcmul_out(decoder_input_, latent_mean_, u, latent_std_);
+    mlps_.at(decoder).forward(decoder_input_, std::nullopt, out);
+  }
+
+  std::vector<Mlp> mlps_;
+  std::vector<Adam> adams_;
+  at::Tensor latent_mean_, latent_std_;
+  at::Tensor d_input_, d_labels_, decoder_input_;
+};
+
+TORCH_LIBRARY(fastgan_native, m) {
+  m.class_<NativeEngine>("Engine")
+      .def(torch::init<>())
+      .def("add_mlp", &NativeEngine::add_mlp)
+      .def("add_adam", &NativeEngine::add_adam)
+      .def("set_ema", &NativeEngine::set_ema)
+      .def("set_latent", &NativeEngine::set_latent)
+      .def("ae_step", &NativeEngine::ae_step)
+      .def("gan_step", &NativeEngine::gan_step);
+}
