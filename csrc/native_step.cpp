@@ -8,10 +8,14 @@
 // column sums) and the GEMMs for the weight and input gradients. Buffers are made on the first
 // step at a batch size and reused after. Adam and the EMA are one pass over all parameters.
 // fp32 only. The arithmetic follows the eager path's: torch's fused CPU Adam and lerp formulas.
+//
+// Under torch.profiler each piece shows up as a fastgan_native::* scope (dense_fwd, dense_bwd,
+// mse_loss, gan_loss, adam), the ATen GEMMs inside it: fastgan/perf/trace.py reads them.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/record_function.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -147,6 +151,7 @@ double vec_sum(const Vec& v) {
 
 // mean((input - target)^2), its gradient 2 (input - target) / numel into grad.
 double mse(const at::Tensor& input, const at::Tensor& target, at::Tensor& grad) {
+  RECORD_FUNCTION("fastgan_native::mse_loss", std::vector<c10::IValue>());
   const int64_t n = input.numel();
   const float* xp = input.data_ptr<float>();
   const float* tp = target.data_ptr<float>();
@@ -174,6 +179,7 @@ double mse(const at::Tensor& input, const at::Tensor& target, at::Tensor& grad) 
 // mean BCE-with-logits(x, target) over n logits, with its gradient (sigmoid(x) - target) / n.
 // A few thousand logits at most: a scalar loop.
 double mean_bce(const float* x, int64_t n, double target, float* grad) {
+  RECORD_FUNCTION("fastgan_native::gan_loss", std::vector<c10::IValue>());
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double v = x[i];
@@ -242,6 +248,7 @@ struct Mlp {
     b.input = x.view({rows / pack, -1});
     at::Tensor h = b.input;
     for (size_t i = 0; i < layers.size(); ++i) {
+      RECORD_FUNCTION("fastgan_native::dense_fwd", std::vector<c10::IValue>());
       const Layer& layer = layers[i];
       at::Tensor& out = b.outs[i];
       // the bias inside the GEMM, as F.linear and fastgan's fused_dense add it: an exactly
@@ -266,6 +273,7 @@ struct Mlp {
     Buffers& b = buffers.at(rows);
     TORCH_CHECK(!param_grads || trainable, "fastgan_native: gradients of a frozen MLP");
     for (int64_t i = static_cast<int64_t>(layers.size()) - 1; i >= 0; --i) {
+      RECORD_FUNCTION("fastgan_native::dense_bwd", std::vector<c10::IValue>());
       Layer& layer = layers[i];
       at::Tensor& dz = b.grads[i];
       activation_backward(dz, b.outs[i], layer.activation, layer.negative_slope,
@@ -341,6 +349,7 @@ void adam_range(float* param, const float* grad, float* exp_avg, float* exp_avg_
 }
 
 void adam_step(Adam& a) {
+  RECORD_FUNCTION("fastgan_native::adam", std::vector<c10::IValue>());
   std::vector<double> step_size(a.params.size()), bc2_sqrt(a.params.size());
   for (size_t k = 0; k < a.params.size(); ++k) {
     // the step counts are 0-dim float32 CPU tensors (checked in add_adam): no op dispatch

@@ -63,9 +63,11 @@ def enter_phase(training: Training, phase: str) -> None:
 def count_iteration(config: cfg.TrainConfig, data: Dataset, step: int
                     ) -> tuple[roofline.OpCounts, int]:
     """FLOPs and op bytes of one training iteration at `step`, and its bytes lower bound.
-    Counted on a fresh eager run (no compile, no CUDA graph): a graph replay dispatches no
-    ops to count, and the run being measured is left untouched."""
-    config = dataclasses.replace(config, compile=False, cuda_graphs=False)
+    Counted on a fresh eager run of the torch engine (no compile, no CUDA graph, not native):
+    a graph replay dispatches no ops to count, nor does the native engine's one call name
+    fastgan's ops, and the run being measured is left untouched. Every engine does the same
+    GEMMs."""
+    config = dataclasses.replace(config, compile=False, cuda_graphs=False, engine="torch")
     training = Training(config, data, data.x.device)
     training.step = step
     training.train_step()  # a phase's first step makes its tables (latent-cgan: the latents)

@@ -11,7 +11,8 @@ the profiler's ProfilerStep#N annotations. Each piece of time gets one category:
   the host op that launched it ("External id"), and the device's idle time in the window.
 
 A fastgan op is recognised by name wherever it runs: the C++ eager ops and their autograd
-nodes, the registered torch.ops.fastgan.* ops, the Triton kernels (FASTGAN_OPS).
+nodes, the registered torch.ops.fastgan.* ops, the Triton kernels, and the native engine's
+fastgan_native::* scopes (FASTGAN_OPS).
 """
 
 import json
@@ -25,15 +26,16 @@ from pathlib import Path
 FASTGAN_OPS = {
     "fused_dense forward": re.compile(
         r"fastgan_cpu::fused_dense$|fastgan_cpu::dense_fwd|fastgan::fused_dense_fwd"
-        r"|dense_fwd_kernel"),
+        r"|dense_fwd_kernel|fastgan_native::dense_fwd"),
     "fused_dense backward": re.compile(
         r"FusedDense>|_FusedDenseBackward|fastgan_cpu::dense_bwd|fastgan::fused_dense_bwd"
-        r"|dense_d[xw]_kernel"),
+        r"|dense_d[xw]_kernel|fastgan_native::dense_bwd"),
     "gan_d_loss / gan_g_loss": re.compile(
-        r"fastgan_cpu::gan_loss|fastgan::gan_loss_fwd|GanLoss>|gan_loss_kernel"),
+        r"fastgan_cpu::gan_loss|fastgan::gan_loss_fwd|GanLoss>|gan_loss_kernel"
+        r"|fastgan_native::gan_loss"),
     "mse_loss / bce_with_logits": re.compile(
         r"fastgan_cpu::pointwise_loss|fastgan::pointwise_loss_fwd|PointwiseLoss>"
-        r"|pointwise_loss_kernel"),
+        r"|pointwise_loss_kernel|fastgan_native::mse_loss"),
 }
 DENSE_OPS = ("fused_dense forward", "fused_dense backward")
 
@@ -47,7 +49,8 @@ IDLE = "device idle (waiting for the host)"
 
 GEMM_NAME = re.compile(r"aten::(mm|addmm|bmm|baddbmm|matmul|linear)$|gemm|cutlass|cublas|xmma",
                        re.IGNORECASE)
-OPTIMIZER_NAME = re.compile(r"^Optimizer\.|_foreach_lerp|multi_tensor_apply")
+OPTIMIZER_NAME = re.compile(
+    r"^Optimizer\.|_foreach_lerp|multi_tensor_apply|fastgan_native::adam")
 HOST_CATEGORIES = ("cpu_op", "user_annotation")
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
