@@ -6,6 +6,7 @@
     fastgan profile [options]      a profiling session: trace, NVML samples, roofline report
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
     fastgan bench step [options]   time a whole training iteration against the same
+    fastgan bench fuse [options]   a tutorial GAN's iteration, unpatched against fastgan.nn.fuse
     fastgan bench quality [opts]   training seconds to a good generator, fastgan against the
                                    recipe people copy
 
@@ -29,7 +30,7 @@ from fastgan.data import DataError, load_dataset
 from fastgan.devices import SetupError, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
-from fastgan.perf import bench_ops, bench_quality, bench_step
+from fastgan.perf import bench_fuse, bench_ops, bench_quality, bench_step
 from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
 from fastgan.train import train
@@ -123,6 +124,12 @@ def run_bench_ops(args: argparse.Namespace) -> int:
 def run_bench_step(args: argparse.Namespace) -> int:
     bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
                    args.out, args.command_line, args.compile_mode, args.precision)
+    return 0
+
+
+def run_bench_fuse(args: argparse.Namespace) -> int:
+    bench_fuse.run(bench_device(args), args.batches, args.repeat_ms, args.quick, args.out,
+                   args.command_line)
     return 0
 
 
@@ -365,6 +372,24 @@ def add_bench(commands) -> None:
                            f"{bench_step.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
                            f"{bench_step.DEFAULT_REPEAT_MS['cpu']:g} on cpu")
     step.set_defaults(run=run_bench_step)
+
+    fuse = benchmarks.add_parser(
+        "fuse", help="a GAN written as tutorials write one, one training iteration: as "
+                     "written against fastgan.nn.fuse and fastgan's loss modules")
+    fuse.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="default: cuda when a GPU is available, else cpu")
+    fuse.add_argument("--batches", type=int_list, metavar="N,N,...",
+                      help=f"batch sizes; default {_commas(bench_fuse.DEFAULT_BATCHES['cuda'])} "
+                           f"on cuda, {_commas(bench_fuse.DEFAULT_BATCHES['cpu'])} on cpu")
+    fuse.add_argument("--quick", action="store_true", help="batch 64 only, short timings")
+    fuse.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
+                      help="where the JSON report goes (default: ./profiles)")
+    fuse.add_argument("--repeat-ms", type=positive_float, metavar="MS",
+                      help="time spent timing each variant; default "
+                           f"{bench_fuse.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
+                           f"{bench_fuse.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
+                           f"{bench_fuse.QUICK_REPEAT_MS:g} with --quick")
+    fuse.set_defaults(run=run_bench_fuse)
 
     quality = benchmarks.add_parser(
         "quality", help="training seconds to a good conditional generator: fastgan's default "

@@ -138,7 +138,7 @@ def fuse_report(module: nn.Module) -> FuseReport:
         for i, layer in enumerate(seq):
             slot = _folded_slot(seq, i)
             if slot is not None:
-                fused[_child_name(prefix, i)] = _describe(layer.activation,
+                fused[_child_name(prefix, seq, i)] = _describe(layer.activation,
                                                           layer.negative_slope, slot == i + 2)
     for fusion in fusions:
         left[fusion.name] = f"fuse() would fuse it with {fusion.describe()}"
@@ -155,8 +155,10 @@ def _sequentials(module: nn.Module):
             yield name, sub
 
 
-def _child_name(prefix: str, index: int) -> str:
-    return f"{prefix}.{index}" if prefix else str(index)
+def _child_name(prefix: str, seq: nn.Sequential, index: int) -> str:
+    # By position in _modules: named_children() would skip a module that appears twice.
+    key = list(seq._modules)[index]
+    return f"{prefix}.{key}" if prefix else key
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -193,7 +195,7 @@ def _plan(module: nn.Module) -> tuple[list[_Fusion], dict[str, str]]:
         for i, layer in enumerate(children):
             if type(layer) is not nn.Linear:
                 continue
-            name = _child_name(prefix, i)
+            name = _child_name(prefix, seq, i)
             seen.add(id(layer))
             found = _pair(children, i)
             if isinstance(found, str):
@@ -203,7 +205,8 @@ def _plan(module: nn.Module) -> tuple[list[_Fusion], dict[str, str]]:
                 fusions.append(_Fusion(seq, i, slot, name, kind, slope, dropout))
     for name, sub in module.named_modules():
         if type(sub) is nn.Linear and id(sub) not in seen:
-            left[name or type(sub).__name__] = "not in an nn.Sequential"
+            left[name or type(sub).__name__] = (
+                "not in an nn.Sequential that runs its children in order")
     return fusions, left
 
 
