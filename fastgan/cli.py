@@ -324,30 +324,37 @@ def add_profile(commands) -> None:
     profile.set_defaults(run=run_profile)
 
 
+def add_timing_options(parser, benchmark, quick_help: str) -> None:
+    """--device, --batches, --quick, --out and --repeat-ms, with the defaults per device of
+    `benchmark` (its DEFAULT_BATCHES, DEFAULT_REPEAT_MS and QUICK_REPEAT_MS)."""
+    add = parser.add_argument
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="default: cuda when a GPU is available, else cpu")
+    add("--batches", type=int_list, metavar="N,N,...",
+        help=f"batch sizes; default {_commas(benchmark.DEFAULT_BATCHES['cuda'])} on cuda, "
+             f"{_commas(benchmark.DEFAULT_BATCHES['cpu'])} on cpu")
+    add("--quick", action="store_true", help=quick_help)
+    add("--out", type=Path, default=Path("profiles"), metavar="DIR",
+        help="where the JSON report goes (default: ./profiles)")
+    add("--repeat-ms", type=positive_float, metavar="MS",
+        help=f"time spent timing each variant of each case; default "
+             f"{benchmark.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
+             f"{benchmark.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
+             f"{benchmark.QUICK_REPEAT_MS:g} with --quick")
+
+
 def add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
 
     ops = benchmarks.add_parser(
         "ops", help="each fused op, forward + backward, against PyTorch and torch.compile")
-    ops.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="default: cuda when a GPU is available, else cpu")
+    add_timing_options(ops, bench_ops, "batches 64 and 256, one layer per activation, short "
+                                       "timings")
     ops.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    ops.add_argument("--batches", type=int_list, metavar="N,N,...",
-                     help=f"batch sizes; default {_commas(bench_ops.DEFAULT_BATCHES['cuda'])} "
-                          f"on cuda, {_commas(bench_ops.DEFAULT_BATCHES['cpu'])} on cpu")
     ops.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                      help="torch.compile mode of the compile baseline; default "
                           "max-autotune-no-cudagraphs on CUDA, default on the CPU")
-    ops.add_argument("--quick", action="store_true",
-                     help="batches 64 and 256, one layer per activation, short timings")
-    ops.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
-                     help="where the JSON report goes (default: ./profiles)")
-    ops.add_argument("--repeat-ms", type=positive_float, metavar="MS",
-                     help="time spent timing each variant of each case; default "
-                          f"{bench_ops.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
-                          f"{bench_ops.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
-                          f"{bench_ops.QUICK_REPEAT_MS:g} with --quick")
     ops.set_defaults(run=run_bench_ops)
 
     step = benchmarks.add_parser(
@@ -376,19 +383,7 @@ def add_bench(commands) -> None:
     fuse = benchmarks.add_parser(
         "fuse", help="a GAN written as tutorials write one, one training iteration: as "
                      "written against fastgan.nn.fuse and fastgan's loss modules")
-    fuse.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                      help="default: cuda when a GPU is available, else cpu")
-    fuse.add_argument("--batches", type=int_list, metavar="N,N,...",
-                      help=f"batch sizes; default {_commas(bench_fuse.DEFAULT_BATCHES['cuda'])} "
-                           f"on cuda, {_commas(bench_fuse.DEFAULT_BATCHES['cpu'])} on cpu")
-    fuse.add_argument("--quick", action="store_true", help="batch 64 only, short timings")
-    fuse.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
-                      help="where the JSON report goes (default: ./profiles)")
-    fuse.add_argument("--repeat-ms", type=positive_float, metavar="MS",
-                      help="time spent timing each variant; default "
-                           f"{bench_fuse.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
-                           f"{bench_fuse.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
-                           f"{bench_fuse.QUICK_REPEAT_MS:g} with --quick")
+    add_timing_options(fuse, bench_fuse, "batch 64 only, short timings")
     fuse.set_defaults(run=run_bench_fuse)
 
     quality = benchmarks.add_parser(
