@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import fastgan
 from fastgan import api, checkpoint, config, faults
 from fastgan.backends.select import backend_for
 from fastgan.data import DataError, load_dataset
@@ -416,6 +417,7 @@ def add_bench(commands) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="fastgan", description="Fused ops and a fast trainer for "
                                                 "autoencoders and conditional GANs.")
+    parser.add_argument("--version", action="version", version=f"fastgan {fastgan.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     add_train(commands)
     add_run_commands(commands)
