@@ -6,6 +6,7 @@
     fastgan profile [options]      a profiling session: trace, NVML samples, roofline report
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
     fastgan bench step [options]   time a whole training iteration against the same
+    fastgan bench fuse [options]   a tutorial GAN's iteration, unpatched against fastgan.nn.fuse
     fastgan bench quality [opts]   training seconds to a good generator, fastgan against the
                                    recipe people copy
 
@@ -23,13 +24,14 @@ from pathlib import Path
 
 import torch
 
+import fastgan
 from fastgan import api, checkpoint, config, faults
 from fastgan.backends.select import backend_for
 from fastgan.data import DataError, load_dataset
 from fastgan.devices import SetupError, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
-from fastgan.perf import bench_ops, bench_quality, bench_step
+from fastgan.perf import bench_fuse, bench_ops, bench_quality, bench_step
 from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
 from fastgan.train import train
@@ -123,6 +125,12 @@ def run_bench_ops(args: argparse.Namespace) -> int:
 def run_bench_step(args: argparse.Namespace) -> int:
     bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
                    args.out, args.command_line, args.compile_mode, args.precision)
+    return 0
+
+
+def run_bench_fuse(args: argparse.Namespace) -> int:
+    bench_fuse.run(bench_device(args), args.batches, args.repeat_ms, args.quick, args.out,
+                   args.command_line)
     return 0
 
 
@@ -317,30 +325,37 @@ def add_profile(commands) -> None:
     profile.set_defaults(run=run_profile)
 
 
+def add_timing_options(parser, benchmark, quick_help: str) -> None:
+    """--device, --batches, --quick, --out and --repeat-ms, with the defaults per device of
+    `benchmark` (its DEFAULT_BATCHES, DEFAULT_REPEAT_MS and QUICK_REPEAT_MS)."""
+    add = parser.add_argument
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="default: cuda when a GPU is available, else cpu")
+    add("--batches", type=int_list, metavar="N,N,...",
+        help=f"batch sizes; default {_commas(benchmark.DEFAULT_BATCHES['cuda'])} on cuda, "
+             f"{_commas(benchmark.DEFAULT_BATCHES['cpu'])} on cpu")
+    add("--quick", action="store_true", help=quick_help)
+    add("--out", type=Path, default=Path("profiles"), metavar="DIR",
+        help="where the JSON report goes (default: ./profiles)")
+    add("--repeat-ms", type=positive_float, metavar="MS",
+        help=f"time spent timing each variant of each case; default "
+             f"{benchmark.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
+             f"{benchmark.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
+             f"{benchmark.QUICK_REPEAT_MS:g} with --quick")
+
+
 def add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="benchmark", required=True)
 
     ops = benchmarks.add_parser(
         "ops", help="each fused op, forward + backward, against PyTorch and torch.compile")
-    ops.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="default: cuda when a GPU is available, else cpu")
+    add_timing_options(ops, bench_ops, "batches 64 and 256, one layer per activation, short "
+                                       "timings")
     ops.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    ops.add_argument("--batches", type=int_list, metavar="N,N,...",
-                     help=f"batch sizes; default {_commas(bench_ops.DEFAULT_BATCHES['cuda'])} "
-                          f"on cuda, {_commas(bench_ops.DEFAULT_BATCHES['cpu'])} on cpu")
     ops.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                      help="torch.compile mode of the compile baseline; default "
                           "max-autotune-no-cudagraphs on CUDA, default on the CPU")
-    ops.add_argument("--quick", action="store_true",
-                     help="batches 64 and 256, one layer per activation, short timings")
-    ops.add_argument("--out", type=Path, default=Path("profiles"), metavar="DIR",
-                     help="where the JSON report goes (default: ./profiles)")
-    ops.add_argument("--repeat-ms", type=positive_float, metavar="MS",
-                     help="time spent timing each variant of each case; default "
-                          f"{bench_ops.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
-                          f"{bench_ops.DEFAULT_REPEAT_MS['cpu']:g} on cpu, "
-                          f"{bench_ops.QUICK_REPEAT_MS:g} with --quick")
     ops.set_defaults(run=run_bench_ops)
 
     step = benchmarks.add_parser(
@@ -365,6 +380,12 @@ def add_bench(commands) -> None:
                            f"{bench_step.DEFAULT_REPEAT_MS['cuda']:g} on cuda, "
                            f"{bench_step.DEFAULT_REPEAT_MS['cpu']:g} on cpu")
     step.set_defaults(run=run_bench_step)
+
+    fuse = benchmarks.add_parser(
+        "fuse", help="a GAN written as tutorials write one, one training iteration: as "
+                     "written against fastgan.nn.fuse and fastgan's loss modules")
+    add_timing_options(fuse, bench_fuse, "batch 64 only, short timings")
+    fuse.set_defaults(run=run_bench_fuse)
 
     quality = benchmarks.add_parser(
         "quality", help="training seconds to a good conditional generator: fastgan's default "
@@ -396,6 +417,7 @@ def add_bench(commands) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="fastgan", description="Fused ops and a fast trainer for "
                                                 "autoencoders and conditional GANs.")
+    parser.add_argument("--version", action="version", version=f"fastgan {fastgan.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     add_train(commands)
     add_run_commands(commands)

@@ -1,4 +1,4 @@
-"""The native engine: each phase's whole iteration as one C++ call (csrc/native_step.cpp).
+"""The native engine: each phase's whole iteration as one C++ call (fastgan/csrc/native_step.cpp).
 
     autoencoder step   encoder, decoder, MSE, backward, Adam: engine.ae_step(x)
     GAN iteration      D's step on [real; G(noise)], G's step through the frozen D, Adam for

@@ -1,5 +1,6 @@
-"""The native engine (fastgan/native.py, csrc/native_step.cpp): the same training as the torch
-engine, step by step, its choice and fallback, and checkpoints that move between engines."""
+"""The native engine (fastgan/native.py, fastgan/csrc/native_step.cpp): the same training as
+the torch engine, step by step, its choice and fallback, and checkpoints that move between
+engines."""
 
 import copy
 import json

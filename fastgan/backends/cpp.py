@@ -1,5 +1,5 @@
-"""The csrc/ C++ CPU kernels: built with torch.utils.cpp_extension on first use, then loaded as
-the torch.ops.fastgan_cpu operators.
+"""The fastgan/csrc/ C++ CPU kernels: built with torch.utils.cpp_extension on first use, then
+loaded as the torch.ops.fastgan_cpu operators.
 
 The build lands in $FASTGAN_CACHE_DIR (default ~/.cache/fastgan), in a folder keyed by the torch
 version, the machine and a hash of the source and flags, so an edit or a torch upgrade rebuilds
@@ -22,7 +22,8 @@ import torch
 from fastgan.files import cache_dir
 
 NAME = "fastgan_cpu"
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# Package data (fastgan/csrc/), so every install, editable or not, carries the sources.
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 # the kernels, and the native training iteration (fastgan/native.py), in one library
 SOURCES = [CSRC / "fastgan_cpu.cpp", CSRC / "native_step.cpp"]
 CFLAGS = ["-O3", "-fopenmp", "-march=native"]
@@ -99,7 +100,8 @@ def _build_dir(source_text: str) -> Path:
             cpu += "".join(ln for ln in f if ln.startswith(("model name", "flags")))
     except OSError:
         cpu += platform.processor()
-    key = "\0".join([source_text, *CFLAGS, *LDFLAGS, cpu, sys.version])
+    # The sources' folder too: each install (a checkout, a wheel) builds once into its own.
+    key = "\0".join([source_text, str(CSRC), *CFLAGS, *LDFLAGS, cpu, sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = cache_dir()
     return root / f"{NAME}-torch{torch.__version__}-{digest}"
@@ -108,7 +110,7 @@ def _build_dir(source_text: str) -> Path:
 def _build_and_load() -> None:
     missing = [str(source) for source in SOURCES if not source.is_file()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]} not found; C++ kernels need a source checkout")
+        raise FileNotFoundError(f"{missing[0]} not found: this fastgan install lacks its csrc/")
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise FileNotFoundError(f"no C++ compiler: {compiler!r} not found")

@@ -3,7 +3,7 @@
 act(x @ weight.T + bias) in one kernel, with weight in nn.Linear layout and any leading
 batch dimensions, as F.linear. The backward applies act' inside the GEMMs that make dx
 and dw, and db comes out of the dw pass. Kernels: fastgan/backends/triton/dense.py (Triton) and
-csrc/fastgan_cpu.cpp (CPU).
+fastgan/csrc/fastgan_cpu.cpp (CPU).
 """
 
 import math

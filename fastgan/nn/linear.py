@@ -1,4 +1,4 @@
-"""Modules built on the fused ops."""
+"""FusedLinear: nn.Linear and its activation as one fused op."""
 
 from torch import Tensor, nn
 
