@@ -34,7 +34,8 @@ def test_a_wheel_in_a_fresh_venv_runs_the_cpp_kernels(tmp_path):
          "-w", str(tmp_path / "dist"), str(ROOT))
     [wheel] = (tmp_path / "dist").glob("fastgan-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"fastgan/csrc/fastgan_cpu.cpp", "fastgan/csrc/native_step.cpp"} <= set(names)
+    assert {"fastgan/csrc/fastgan_cpu.cpp", "fastgan/csrc/native_step.cpp",
+            "fastgan/csrc/vec_math.h"} <= set(names)
 
     # A fresh venv without pip; torch (and the rest) from this environment's site-packages,
     # named by a .pth file so that this environment's own fastgan is not seen.

@@ -26,7 +26,11 @@ NAME = "fastgan_cpu"
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 # the kernels, and the native training iteration (fastgan/native.py), in one library
 SOURCES = [CSRC / "fastgan_cpu.cpp", CSRC / "native_step.cpp"]
-CFLAGS = ["-O3", "-fopenmp", "-march=native"]
+HEADERS = [CSRC / "vec_math.h"]
+# -fno-math-errno lets sqrt vectorize (torch builds with it too; no result changes).
+# -ffp-contract=off: no a * b + c fused into one FMA, as ATen's vectorized kernels do not fuse
+# them, so that the native engine's Adam rounds as torch's fused Adam does, bit for bit.
+CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-math-errno", "-ffp-contract=off"]
 LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
@@ -108,13 +112,13 @@ def _build_dir(source_text: str) -> Path:
 
 
 def _build_and_load() -> None:
-    missing = [str(source) for source in SOURCES if not source.is_file()]
+    missing = [str(source) for source in SOURCES + HEADERS if not source.is_file()]
     if missing:
         raise FileNotFoundError(f"{missing[0]} not found: this fastgan install lacks its csrc/")
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise FileNotFoundError(f"no C++ compiler: {compiler!r} not found")
-    build_dir = _build_dir("\0".join(s.read_text(encoding="utf-8") for s in SOURCES))
+    build_dir = _build_dir("\0".join(s.read_text(encoding="utf-8") for s in SOURCES + HEADERS))
     build_dir.mkdir(parents=True, exist_ok=True)
     from torch.utils import cpp_extension  # slow to import: only when building
 

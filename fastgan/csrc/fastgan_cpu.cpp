@@ -21,6 +21,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
 // Passes over fewer elements run on the calling thread: waking the OpenMP team costs more than
@@ -54,59 +56,9 @@ void dispatch_activation(int64_t code, F&& f) {
 }
 
 
-// log1p(e) for e in [0, 1] through log, which glibc computes several times faster than log1p:
-// u - 1 is exact and e / (u - 1) corrects the rounding of u = 1 + e (Goldberg, 1991).
-inline double log1p_unit(double e) {
-  const double u = 1.0 + e;
-  return u == 1.0 ? e : std::log(u) * (e / (u - 1.0));
-}
-
-// float versions of exp(-|x|) and log1p(e), e in [0, 1], with no branches and no library calls,
-// so that loops over them vectorize (glibc's expf / logf are one call per element, which made
-// the BCE losses 2-3x slower than PyTorch's vectorized math). Both are within a few ulp.
-inline float exp_nonpositive(float y) {
-  // exp(y) = 2^n exp(r), y = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2), and a
-  // degree-6 polynomial for exp(r) (Cephes' expf coefficients).
-  const float yc = std::max(y, -87.0f);
-  // Round to nearest by adding and removing 1.5 * 2^23 (std::floor would stop GCC from
-  // vectorizing without -ffast-math).
-  const float n = (yc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = yc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float er = p * r * r + r + 1.0f;
-  // 2^n built in the exponent bits; a bit cast, not memcpy, keeps the loop vectorizable.
-  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-  const float out = y < -87.0f ? 0.0f : er * scale;  // below: under 1.6e-38, and -inf
-  return y != y ? y : out;                           // NaN stays NaN
-}
-
-inline float log1p_unit(float e) {
-  // log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3: an odd series in s, no cancellation near 0.
-  const float s = e / (2.0f + e);
-  const float z = s * s;
-  float p = 1.0f / 15;
-  p = p * z + 1.0f / 13;
-  p = p * z + 1.0f / 11;
-  p = p * z + 1.0f / 9;
-  p = p * z + 1.0f / 7;
-  p = p * z + 1.0f / 5;
-  p = p * z + 1.0f / 3;
-  return 2.0f * s * (p * z + 1.0f);
-}
-
-inline double exp_nonpositive(double y) { return std::exp(y); }
-
-// 1 / (1 + exp(-x)) through exp(-|x|), which never overflows and, for float, vectorizes.
-template <typename T>
-inline T sigmoid(T x) {
-  const T e = exp_nonpositive(-std::abs(x));
-  return (x >= T(0) ? T(1) : e) / (T(1) + e);
-}
+using fastgan_math::exp_nonpositive;
+using fastgan_math::log1p_unit;
+using fastgan_math::sigmoid;
 
 // The transcendental part of BCE-with-logits for a run of logits: e = exp(-|x|) and
 // softplus = log1p(e). A separate loop over plain arrays, so the compiler vectorizes it.
@@ -145,7 +97,7 @@ inline T activate(T z, T negative_slope) {
   } else if constexpr (A == Act::leaky_relu) {
     return z > T(0) ? z : z * negative_slope;
   } else if constexpr (A == Act::tanh) {
-    return std::tanh(z);
+    return fastgan_math::tanh(z);
   } else if constexpr (A == Act::sigmoid) {
     return sigmoid(z);
   } else if constexpr (A == Act::gelu) {

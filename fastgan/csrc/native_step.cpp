@@ -14,7 +14,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/record_function.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -25,36 +24,61 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <type_traits>
 #include <vector>
+
+#include "vec_math.h"
 
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
 // Elementwise passes over fewer elements stay on the calling thread: waking the pool costs more.
 constexpr int64_t kGrain = 32768;
 constexpr int64_t kAdamChunk = 16384;  // elements per task of the Adam + EMA pass
+constexpr int64_t kColumnBlock = 16;   // columns a thread of the bias-gradient pass owns, at least
 
 enum Act : int64_t { kNone = 0, kRelu = 1, kLeakyRelu = 2, kTanh = 3, kSigmoid = 4 };
 
-inline Vec activate(Vec z, int64_t act, const Vec& slope) {
+// Calls f(std::integral_constant<int64_t, A>{}) for activation `act`: each pass is compiled per
+// activation, so no branch on it sits inside the vectorized loops.
+template <typename F>
+void dispatch_activation(int64_t act, F&& f) {
   switch (act) {
-    case kRelu: return at::vec::clamp_min(z, Vec(0.f));
-    case kLeakyRelu: return Vec::blendv(z * slope, z, z > Vec(0.f));
-    case kTanh: return z.tanh();
-    case kSigmoid: return (Vec(1.f) + z.neg().exp()).reciprocal();
-    default: return z;
+    case kRelu: return f(std::integral_constant<int64_t, kRelu>{});
+    case kLeakyRelu: return f(std::integral_constant<int64_t, kLeakyRelu>{});
+    case kTanh: return f(std::integral_constant<int64_t, kTanh>{});
+    case kSigmoid: return f(std::integral_constant<int64_t, kSigmoid>{});
+    default: return f(std::integral_constant<int64_t, kNone>{});
+  }
+}
+
+template <int64_t A>
+inline float activate(float z, float slope) {
+  if constexpr (A == kRelu) {
+    return z < 0.f ? 0.f : z;
+  } else if constexpr (A == kLeakyRelu) {
+    return z > 0.f ? z : z * slope;
+  } else if constexpr (A == kTanh) {
+    return fastgan_math::tanh(z);
+  } else if constexpr (A == kSigmoid) {
+    return fastgan_math::sigmoid(z);
+  } else {
+    return z;
   }
 }
 
 // d act / d z from the layer's output (leaky_relu's slope is >= 0, so the output's sign is z's).
-inline Vec activation_grad(Vec out, int64_t act, const Vec& slope) {
-  switch (act) {
-    case kRelu: return Vec::blendv(Vec(0.f), Vec(1.f), out > Vec(0.f));
-    case kLeakyRelu: return Vec::blendv(slope, Vec(1.f), out > Vec(0.f));
-    case kTanh: return Vec(1.f) - out * out;
-    case kSigmoid: return out * (Vec(1.f) - out);
-    default: return Vec(1.f);
+template <int64_t A>
+inline float activation_grad(float out, float slope) {
+  if constexpr (A == kRelu) {
+    return out > 0.f ? 1.f : 0.f;
+  } else if constexpr (A == kLeakyRelu) {
+    return out > 0.f ? 1.f : slope;
+  } else if constexpr (A == kTanh) {
+    return 1.f - out * out;
+  } else if constexpr (A == kSigmoid) {
+    return out * (1.f - out);
+  } else {
+    return 1.f;
   }
 }
 
@@ -63,22 +87,21 @@ void activate_inplace(at::Tensor& z, int64_t act, float negative_slope) {
   if (act == kNone) {
     return;
   }
-  const int64_t n = z.numel();
   float* zp = z.data_ptr<float>();
-  const Vec slope(negative_slope);
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    for (; i + kLanes <= end; i += kLanes) {
-      activate(Vec::loadu(zp + i), act, slope).store(zp + i);
-    }
-    if (i < end) {
-      activate(Vec::loadu(zp + i, end - i), act, slope).store(zp + i, end - i);
-    }
+  dispatch_activation(act, [&](auto tag) {
+    constexpr int64_t A = decltype(tag)::value;
+    at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+      for (int64_t i = begin; i < end; ++i) {
+        zp[i] = activate<A>(zp[i], negative_slope);
+      }
+    });
   });
 }
 
 // grad = grad * act'(out) in place, and, when bias_grad is defined, its column sums into it.
-// Threads split the columns, so each sums its own columns over all rows in a fixed order.
+// Threads split the columns, so each sums its own columns over all rows in a fixed order: the
+// result does not depend on the thread count.
 void activation_backward(at::Tensor& grad, const at::Tensor& out, int64_t act,
                          float negative_slope, at::Tensor* bias_grad) {
   if (act == kNone && bias_grad == nullptr) {
@@ -88,36 +111,43 @@ void activation_backward(at::Tensor& grad, const at::Tensor& out, int64_t act,
   float* gp = grad.data_ptr<float>();
   const float* op = out.data_ptr<float>();
   float* dbp = bias_grad ? bias_grad->data_ptr<float>() : nullptr;
-  const Vec slope(negative_slope);
-  const int64_t blocks = (cols + kLanes - 1) / kLanes;
-  const int64_t block_grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(rows * kLanes, 1));
-  at::parallel_for(0, blocks, block_grain, [&](int64_t b0, int64_t b1) {
-    constexpr int64_t kRowsPerPartial = 64;  // float partial sums over short runs of rows
-    std::vector<Vec> total(b1 - b0, Vec(0.f)), partial(b1 - b0, Vec(0.f));
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t c = b * kLanes, n = std::min(kLanes, cols - c);
-        float* g = gp + r * cols + c;
-        Vec d = Vec::loadu(g, n);
-        if (act != kNone) {
-          d = d * activation_grad(Vec::loadu(op + r * cols + c, n), act, slope);
-          d.store(g, n);
+  const int64_t column_grain =
+      std::max<int64_t>(kColumnBlock, kGrain / std::max<int64_t>(rows, 1));
+  dispatch_activation(act, [&](auto tag) {
+    constexpr int64_t A = decltype(tag)::value;
+    at::parallel_for(0, cols, column_grain, [&](int64_t c0, int64_t c1) {
+      constexpr int64_t kRowsPerPartial = 64;  // float partial sums over short runs of rows
+      const int64_t width = c1 - c0;
+      std::vector<float> total(width, 0.f), partial(width, 0.f);
+      float* tp = total.data();
+      float* pp = partial.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        float* g = gp + r * cols + c0;
+        const float* o = op + r * cols + c0;
+        if constexpr (A != kNone) {
+#pragma omp simd
+          for (int64_t c = 0; c < width; ++c) {
+            g[c] *= activation_grad<A>(o[c], negative_slope);
+          }
         }
-        partial[b - b0] = partial[b - b0] + d;  // loadu(ptr, n) zero-fills past n
-      }
-      if (dbp && ((r + 1) % kRowsPerPartial == 0 || r + 1 == rows)) {
-        for (int64_t b = b0; b < b1; ++b) {
-          total[b - b0] = total[b - b0] + partial[b - b0];
-          partial[b - b0] = Vec(0.f);
+        if (dbp) {
+#pragma omp simd
+          for (int64_t c = 0; c < width; ++c) {
+            pp[c] += g[c];
+          }
+          if ((r + 1) % kRowsPerPartial == 0 || r + 1 == rows) {
+#pragma omp simd
+            for (int64_t c = 0; c < width; ++c) {
+              tp[c] += pp[c];
+              pp[c] = 0.f;
+            }
+          }
         }
       }
-    }
-    if (dbp) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t c = b * kLanes;
-        total[b - b0].store(dbp + c, std::min(kLanes, cols - c));
+      if (dbp) {
+        std::copy(total.begin(), total.end(), dbp + c0);
       }
-    }
+    });
   });
 }
 
@@ -139,16 +169,6 @@ double sum_pieces(int64_t n, int64_t piece_size, const Body& body) {
   return total;
 }
 
-double vec_sum(const Vec& v) {
-  float lanes[kLanes];
-  v.store(lanes);
-  double s = 0;
-  for (int64_t i = 0; i < kLanes; ++i) {
-    s += lanes[i];
-  }
-  return s;
-}
-
 // mean((input - target)^2), its gradient 2 (input - target) / numel into grad.
 double mse(const at::Tensor& input, const at::Tensor& target, at::Tensor& grad) {
   RECORD_FUNCTION("fastgan_native::mse_loss", std::vector<c10::IValue>());
@@ -156,36 +176,46 @@ double mse(const at::Tensor& input, const at::Tensor& target, at::Tensor& grad) 
   const float* xp = input.data_ptr<float>();
   const float* tp = target.data_ptr<float>();
   float* gp = grad.data_ptr<float>();
-  const Vec scale(2.f / static_cast<float>(n));
+  const float scale = 2.f / static_cast<float>(n);
   const double sum = sum_pieces(n, kGrain, [&](int64_t begin, int64_t end) {
-    Vec acc(0.f);
+    constexpr int kLanes = 16;  // running float sums, added in double at the end
+    float lanes[kLanes] = {};
     int64_t i = begin;
     for (; i + kLanes <= end; i += kLanes) {
-      const Vec d = Vec::loadu(xp + i) - Vec::loadu(tp + i);
-      acc = at::vec::fmadd(d, d, acc);
-      (scale * d).store(gp + i);
+#pragma omp simd
+      for (int k = 0; k < kLanes; ++k) {
+        const float d = xp[i + k] - tp[i + k];
+        lanes[k] += d * d;
+        gp[i + k] = scale * d;
+      }
     }
-    if (i < end) {
-      const int64_t m = end - i;
-      const Vec d = Vec::loadu(xp + i, m) - Vec::loadu(tp + i, m);
-      acc = at::vec::fmadd(d, d, acc);
-      (scale * d).store(gp + i, m);
+    double piece = 0;
+    for (; i < end; ++i) {
+      const float d = xp[i] - tp[i];
+      piece += d * d;
+      gp[i] = scale * d;
     }
-    return vec_sum(acc);
+    for (const float lane : lanes) {
+      piece += lane;
+    }
+    return piece;
   });
   return sum / static_cast<double>(n);
 }
 
-// mean BCE-with-logits(x, target) over n logits, with its gradient (sigmoid(x) - target) / n.
-// A few thousand logits at most: a scalar loop.
+// mean BCE-with-logits(x, target) over n logits, with its gradient (sigmoid(x) - target) / n:
+// fastgan's gan_loss op term for term (float math, the loss summed in double), so the logits'
+// gradients are the torch engine's bits.
 double mean_bce(const float* x, int64_t n, double target, float* grad) {
   RECORD_FUNCTION("fastgan_native::gan_loss", std::vector<c10::IValue>());
+  const float t = static_cast<float>(target);
+  const float grad_scale = static_cast<float>(1.0 / static_cast<double>(n));
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const double v = x[i];
-    const double log_sigmoid = std::min(v, 0.0) - std::log1p(std::exp(-std::abs(v)));
-    sum += (1.0 - target) * v - log_sigmoid;
-    grad[i] = static_cast<float>((1.0 / (1.0 + std::exp(-v)) - target) / static_cast<double>(n));
+    const float e = fastgan_math::exp_nonpositive(-std::abs(x[i]));
+    const float log_sigmoid = std::min(x[i], 0.f) - fastgan_math::log1p_unit(e);
+    sum += (1.f - t) * x[i] - log_sigmoid;
+    grad[i] = ((x[i] >= 0.f ? 1.f : e) / (1.f + e) - t) * grad_scale;
   }
   return sum / static_cast<double>(n);
 }
@@ -309,42 +339,38 @@ struct Adam {
   std::vector<std::array<int64_t, 3>> chunks;  // (tensor, begin, end): the pass's tasks
 };
 
-// ATen's lerp: self + w (end - self) for |w| < 0.5, else end - (end - self)(1 - w).
-inline Vec lerp(const Vec& self, const Vec& end, const Vec& weight) {
-  const auto small = weight.abs() < Vec(0.5f);
-  const Vec coeff = Vec::blendv(weight - Vec(1.f), weight, small);
-  const Vec base = Vec::blendv(end, self, small);
-  return at::vec::fmadd(coeff, end - self, base);
-}
+// ATen's lerp with a scalar weight w: self + w (end - self) for |w| < 0.5, else
+// end - (end - self)(1 - w). The branch is on w alone, so it is taken once, outside the loops.
+struct Lerp {
+  bool small;
+  float coeff;
+  explicit Lerp(float w) : small(std::abs(w) < 0.5f), coeff(small ? w : w - 1.f) {}
+  float operator()(float self, float end) const { return (small ? self : end) + coeff * (end - self); }
+};
 
 // torch's fused CPU Adam (no weight decay, amsgrad or maximize) on one range of one tensor, then
-// ema = lerp(ema, param, ema_weight) when ema is given.
+// ema = lerp(ema, param, ema_weight) when WithEma.
+template <bool WithEma>
 void adam_range(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, float* ema,
                 int64_t n, double step_size, double bias_correction2_sqrt, double beta1,
                 double beta2, double eps, float ema_weight) {
-  const Vec avg_weight(static_cast<float>(1 - beta1)), beta2_v(static_cast<float>(beta2)),
-      sq_weight(static_cast<float>(1 - beta2)), bc2(static_cast<float>(bias_correction2_sqrt)),
-      eps_v(static_cast<float>(eps)), neg_step(static_cast<float>(-step_size)),
-      ema_w(ema_weight);
-  int64_t i = 0;
-  auto body = [&](int64_t at, int64_t m) {
-    const Vec g = Vec::loadu(grad + at, m);
-    const Vec avg = lerp(Vec::loadu(exp_avg + at, m), g, avg_weight);
-    const Vec sq = Vec::loadu(exp_avg_sq + at, m) * beta2_v + sq_weight * g * g;
-    avg.store(exp_avg + at, m);
-    sq.store(exp_avg_sq + at, m);
-    const Vec denom = sq.sqrt() / bc2 + eps_v;
-    const Vec p = Vec::loadu(param + at, m) + neg_step * avg / denom;
-    p.store(param + at, m);
-    if (ema) {
-      lerp(Vec::loadu(ema + at, m), p, ema_w).store(ema + at, m);
+  const Lerp avg_lerp(static_cast<float>(1 - beta1)), ema_lerp(ema_weight);
+  const float beta2_f = static_cast<float>(beta2), sq_weight = static_cast<float>(1 - beta2),
+              bc2 = static_cast<float>(bias_correction2_sqrt), eps_f = static_cast<float>(eps),
+              neg_step = static_cast<float>(-step_size);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = grad[i];
+    const float avg = avg_lerp(exp_avg[i], g);
+    const float sq = exp_avg_sq[i] * beta2_f + sq_weight * g * g;
+    exp_avg[i] = avg;
+    exp_avg_sq[i] = sq;
+    const float denom = std::sqrt(sq) / bc2 + eps_f;
+    const float p = param[i] + neg_step * avg / denom;
+    param[i] = p;
+    if constexpr (WithEma) {
+      ema[i] = ema_lerp(ema[i], p);
     }
-  };
-  for (; i + kLanes <= n; i += kLanes) {
-    body(i, kLanes);
-  }
-  if (i < n) {
-    body(i, n - i);
   }
 }
 
@@ -370,11 +396,18 @@ void adam_step(Adam& a) {
   at::parallel_for(0, static_cast<int64_t>(a.chunks.size()), 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const auto [k, begin, end] = a.chunks[c];
-      float* ema = a.ema.empty() ? nullptr : a.ema[k].data_ptr<float>() + begin;
-      adam_range(a.params[k].data_ptr<float>() + begin, a.grads[k].data_ptr<float>() + begin,
-                 a.exp_avgs[k].data_ptr<float>() + begin,
-                 a.exp_avg_sqs[k].data_ptr<float>() + begin, ema, end - begin, step_size[k],
-                 bc2_sqrt[k], a.beta1, a.beta2, a.eps, ema_weight);
+      float* param = a.params[k].data_ptr<float>() + begin;
+      const float* grad = a.grads[k].data_ptr<float>() + begin;
+      float* exp_avg = a.exp_avgs[k].data_ptr<float>() + begin;
+      float* exp_avg_sq = a.exp_avg_sqs[k].data_ptr<float>() + begin;
+      if (a.ema.empty()) {
+        adam_range<false>(param, grad, exp_avg, exp_avg_sq, nullptr, end - begin, step_size[k],
+                          bc2_sqrt[k], a.beta1, a.beta2, a.eps, ema_weight);
+      } else {
+        adam_range<true>(param, grad, exp_avg, exp_avg_sq, a.ema[k].data_ptr<float>() + begin,
+                         end - begin, step_size[k], bc2_sqrt[k], a.beta1, a.beta2, a.eps,
+                         ema_weight);
+      }
     }
   });
 }
