@@ -28,7 +28,7 @@ import fastgan
 from fastgan import api, checkpoint, config, faults
 from fastgan.backends.select import backend_for
 from fastgan.data import DataError, load_dataset
-from fastgan.devices import SetupError, resolve_device
+from fastgan.devices import SetupError, check_precision, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
 from fastgan.perf import bench_fuse, bench_ops, bench_quality, bench_step
@@ -103,8 +103,9 @@ positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive numbe
 
 
 def bench_device(args: argparse.Namespace) -> torch.device:
-    """The benchmark's device, with its backend and --out checked before any work."""
+    """The benchmark's device, with its backend, precision and --out checked before any work."""
     device = resolve_device(args.device)
+    check_precision(getattr(args, "precision", "fp32"), device)
     try:
         backend_for(device)  # an unusable FASTGAN_BACKEND is bad input
     except (ValueError, RuntimeError) as error:

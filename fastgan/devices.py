@@ -1,5 +1,9 @@
-"""Where a run runs: the device a --device flag names, whether the data fit there, and the
-error for a run that cannot start as asked. Shared by the trainer and the profiler."""
+"""Where a run runs: the device a --device flag names, what its CPU can do, whether the
+data fit there, and the error for a run that cannot start as asked. Shared by the trainer,
+the profiler and the benchmarks."""
+
+import functools
+import platform
 
 import torch
 
@@ -16,6 +20,51 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda: no CUDA GPU is available to torch")
     return torch.device(name)
+
+
+# The x86 vector extensions that decide how fast fastgan's CPU kernels and GEMMs run, as
+# /proc/cpuinfo names them.
+CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+# Without one of these a CPU has no bf16 arithmetic: ATen converts each element and runs a
+# bf16 GEMM 100x slower than the fp32 one (measured on an AVX2-only AMD EPYC).
+BF16_EXTENSIONS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; empty where there is none (not Linux)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_extensions() -> dict[str, bool]:
+    """Which of CPU_EXTENSIONS the CPU has."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return {name: name in flags for name in CPU_EXTENSIONS}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """bf16 on a CPU without bf16 instructions: refuse, rather than run 100x slower."""
+    if precision != "bf16" or device.type != "cpu" or platform.machine() not in ("x86_64", "AMD64"):
+        return
+    extensions = cpu_extensions()
+    if not any(extensions[name] for name in BF16_EXTENSIONS):
+        raise SetupError(f"--precision bf16: this CPU ({cpu_model()}) has no bf16 instructions "
+                         f"({' or '.join(BF16_EXTENSIONS)}), so bf16 runs far slower than fp32; "
+                         "use --precision fp32")
 
 
 def check_fits(data: Dataset, device: torch.device) -> None:

@@ -32,7 +32,7 @@ from fastgan import checkpoint, faults
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import Dataset, load_dataset
-from fastgan.devices import SetupError, check_fits, resolve_device
+from fastgan.devices import SetupError, check_fits, check_precision, resolve_device
 from fastgan.distributed import World, join
 from fastgan.evaluate import Evaluator
 from fastgan.files import atomic_write, remove_unfinished, write_json
@@ -258,6 +258,7 @@ def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False
     """Train one run into `out` and return its summary (also written to summary.json)."""
     started = time.perf_counter()
     device = resolve_device(config.device)
+    check_precision(config.precision, device)
     world, device = join(device, config.cuda_graphs)
     try:
         return _train(config, out, resume, overwrite, device, world, started)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastgan import devices
 from fastgan.cli import main
 
 TINY = ["--steps", "12", "--batch-size", "16", "--log-every", "4", "--eval-every", "12",
@@ -80,6 +81,17 @@ def test_cuda_on_a_machine_without_a_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert "--device cuda: no CUDA GPU is available" in refused(capsys, "train", "--device",
                                                                  "cuda")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["train"], ["profile"], ["bench", "step", "--quick"]])
+def test_bf16_on_a_cpu_without_bf16_instructions(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(devices, "cpu_extensions",
+                        lambda: dict.fromkeys(devices.CPU_EXTENSIONS, False))
+    monkeypatch.setattr(devices.platform, "machine", lambda: "x86_64")
+    line = refused(capsys, *command, "--device", "cpu", "--precision", "bf16")
+    assert "--precision bf16: this CPU" in line and "avx512_bf16 or amx_bf16" in line
     assert list(tmp_path.iterdir()) == []
 
 

@@ -29,8 +29,6 @@ namespace {
 // the work (batch-64 GAN logits, small layers).
 constexpr int64_t kGrain = 32768;
 
-constexpr double kSqrt1_2 = 0.7071067811865476;     // 1 / sqrt(2), for the exact gelu
-constexpr double kInvSqrt2Pi = 0.3989422804014327;  // 1 / sqrt(2 pi), its derivative
 
 enum class Act : int64_t { none, relu, leaky_relu, tanh, sigmoid, gelu };
 constexpr int64_t kNumActivations = 6;
@@ -41,7 +39,8 @@ template <Act A>
 using ActTag = std::integral_constant<Act, A>;
 
 // Calls f(ActTag<A>{}) for the activation `code`: kernels are written once and compiled per
-// activation, so the activation is not a branch inside their loops.
+// activation, so the activation is not a branch inside their loops. gelu's passes run on ATen's
+// kernels (uses_aten_pass), never here.
 template <typename F>
 void dispatch_activation(int64_t code, F&& f) {
   switch (static_cast<Act>(code)) {
@@ -50,9 +49,9 @@ void dispatch_activation(int64_t code, F&& f) {
     case Act::leaky_relu: return f(ActTag<Act::leaky_relu>{});
     case Act::tanh: return f(ActTag<Act::tanh>{});
     case Act::sigmoid: return f(ActTag<Act::sigmoid>{});
-    case Act::gelu: return f(ActTag<Act::gelu>{});
+    case Act::gelu: break;
   }
-  TORCH_CHECK(false, "fastgan_cpu: unknown activation code ", code);
+  TORCH_CHECK(false, "fastgan_cpu: no per-element pass for activation code ", code);
 }
 
 
@@ -100,15 +99,12 @@ inline T activate(T z, T negative_slope) {
     return fastgan_math::tanh(z);
   } else if constexpr (A == Act::sigmoid) {
     return sigmoid(z);
-  } else if constexpr (A == Act::gelu) {
-    return z * T(0.5) * (T(1) + std::erf(z * T(kSqrt1_2)));
   } else {
     return z;
   }
 }
 
-// d act / d z from the saved output (relu, leaky_relu, tanh, sigmoid) or the saved
-// pre-activation (gelu). Not used for "none", whose dz is grad_out itself.
+// d act / d z from the saved output. Not used for "none", whose dz is grad_out itself.
 template <Act A, typename T>
 inline T activation_grad(T s, T negative_slope) {
   if constexpr (A == Act::relu) {
@@ -117,11 +113,9 @@ inline T activation_grad(T s, T negative_slope) {
     return s > T(0) ? T(1) : negative_slope;  // NaN: the slope, as F.leaky_relu's backward
   } else if constexpr (A == Act::tanh) {
     return T(1) - s * s;
-  } else if constexpr (A == Act::sigmoid) {
-    return s * (T(1) - s);
   } else {
-    const T cdf = T(0.5) * (T(1) + std::erf(s * T(kSqrt1_2)));
-    return cdf + s * std::exp(T(-0.5) * s * s) * T(kInvSqrt2Pi);
+    static_assert(A == Act::sigmoid);
+    return s * (T(1) - s);
   }
 }
 
@@ -206,6 +200,14 @@ void check_dtype(const char* name, const at::Tensor& t, at::ScalarType dtype) {
 // ---------------------------------------------------------------------------------------------
 // dense_fwd
 
+// Passes that run on ATen's vectorised kernels instead of the loops below: 16-bit dtypes, whose
+// per-element loop goes through c10's scalar conversions (the pass took 6x as long as the bf16
+// GEMM before it, AMX), and gelu, whose erf has no vectorizable form here (scalar std::erf made
+// the pass 90x slower than ATen's).
+bool uses_aten_pass(at::ScalarType dtype, int64_t activation) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf || static_cast<Act>(activation) == Act::gelu;
+}
+
 // out = act(out) in place over a contiguous buffer, copying the pre-activation to preact in the
 // same pass when asked.
 template <Act A, bool SavePreact, typename scalar_t>
@@ -224,16 +226,17 @@ void activate_inplace(scalar_t* out, scalar_t* preact, int64_t n, double negativ
   });
 }
 
-// act(out) in place with ATen's kernels, which compute in float and round once, as the
-// per-element loop does.
-void activate_with_aten(at::Tensor& out, int64_t activation, double negative_slope) {
+// dst = act(src) with ATen's kernels, which compute in float and round once, as the per-element
+// loop does; dst may be src.
+void activate_with_aten(at::Tensor& dst, const at::Tensor& src, int64_t activation,
+                        double negative_slope) {
   switch (static_cast<Act>(activation)) {
-    case Act::none: return;
-    case Act::relu: out.relu_(); return;
-    case Act::leaky_relu: at::leaky_relu_(out, negative_slope); return;
-    case Act::tanh: out.tanh_(); return;
-    case Act::sigmoid: out.sigmoid_(); return;
-    case Act::gelu: at::gelu_(out); return;
+    case Act::none: dst.copy_(src); return;
+    case Act::relu: at::clamp_min_out(dst, src, 0); return;  // torch.relu's own kernel
+    case Act::leaky_relu: at::leaky_relu_out(dst, src, negative_slope); return;
+    case Act::tanh: at::tanh_out(dst, src); return;
+    case Act::sigmoid: at::sigmoid_out(dst, src); return;
+    case Act::gelu: at::gelu_out(dst, src); return;
   }
 }
 
@@ -252,13 +255,12 @@ std::tuple<at::Tensor, at::Tensor> dense_fwd(const at::Tensor& x, const at::Tens
   if (static_cast<Act>(activation) == Act::none && !save_preact) {
     return {out, preact};
   }
-  if (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kHalf) {
-    // ATen's vectorised 16-bit kernels: the per-element loop below goes through c10's scalar
-    // conversions, which made the pass take 6x as long as the bf16 GEMM before it (AMX).
+  if (uses_aten_pass(out.scalar_type(), activation)) {
     if (save_preact) {
-      preact.copy_(out);
+      // The GEMM's result becomes the saved pre-activation; the output is a new buffer.
+      std::swap(out, preact);
     }
-    activate_with_aten(out, activation, negative_slope);
+    activate_with_aten(out, save_preact ? preact : out, activation, negative_slope);
     return {out, preact};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "dense_fwd", [&] {
@@ -391,9 +393,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_bwd(
   // With no activation dz is grad_out itself; the pass then only sums the bias gradient.
   at::Tensor dz = act_none ? grad_out : at::Tensor();
   at::Tensor db = need_db ? at::empty({cols}, x.options()) : empty_result(x);
-  const bool half = x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
-  if (half && ((need_dz && !act_none) || need_db)) {
-    // ATen's vectorised 16-bit kernels, as in dense_fwd; the sum accumulates in float.
+  if (uses_aten_pass(x.scalar_type(), activation) && ((need_dz && !act_none) || need_db)) {
+    // The sum accumulates in float.
     if (!act_none) {
       dz = activation_backward_with_aten(grad_out, saved, activation, negative_slope);
     }
@@ -795,6 +796,10 @@ struct FusedDense : public torch::autograd::Function<FusedDense> {
 at::Tensor fused_dense(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, int64_t activation,
                        double negative_slope) {
+  if (static_cast<Act>(activation) == Act::none) {
+    // Nothing to fuse: ATen's linear is the same GEMM without an autograd node of ours.
+    return at::linear(x, weight, bias);
+  }
   return FusedDense::apply(x, weight, bias, activation, negative_slope);
 }
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from fastgan import config as cfg
 from fastgan.data import Dataset, load_dataset
+from fastgan.devices import check_precision
 from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
 from fastgan.perf import roofline
 from fastgan.perf.profile import count_iteration
@@ -297,6 +298,7 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES)
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
     compile_mode = compile_mode or DEFAULT_COMPILE_MODE[device.type]
+    check_precision(precision, device)  # the CLI checked it; this is for callers from Python
     data = load_dataset("mnist").to(device)
     peaks = roofline.measure_peaks(device)
     variants = ["eager", "compile", *FASTGAN_VARIANTS[device.type]]

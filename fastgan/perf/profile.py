@@ -27,7 +27,7 @@ from torch.profiler import _utils as profiler_utils
 from fastgan import config as cfg
 from fastgan.backends.select import backend_for
 from fastgan.data import Dataset, load_dataset
-from fastgan.devices import SetupError, check_fits, resolve_device
+from fastgan.devices import SetupError, check_fits, check_precision, resolve_device
 from fastgan.files import write_json
 from fastgan.perf import nvml, roofline
 from fastgan.perf.profile_report import write_report
@@ -177,6 +177,7 @@ def profile(config: cfg.TrainConfig, steps: int = DEFAULT_STEPS, phase: str | No
     """Run a profiling session (see the module's docstring); returns its summary, also
     written to summary.json, with "out" added."""
     device = resolve_device(config.device)
+    check_precision(config.precision, device)
     phase = phase or default_phase(config)
     data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
                         seed=config.seed)

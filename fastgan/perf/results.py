@@ -12,24 +12,14 @@ import torch
 
 import fastgan
 from fastgan.backends.select import backend_for
+from fastgan.devices import cpu_extensions, cpu_model
 
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model and core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()}, {os.cpu_count()} cores"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or "unknown CPU"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def device_slug(name: str) -> str:
@@ -58,6 +48,8 @@ def new_report(kind: str, device: torch.device, dtype: torch.dtype, command: str
         "fastgan_backend": backend_for(device),
         "dtype": str(dtype).removeprefix("torch."),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_extensions": cpu_extensions(),
         # Other work on the machine skews CPU timings; this says how busy it was.
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
