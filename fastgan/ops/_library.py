@@ -35,7 +35,8 @@ def eager(*tensors) -> bool:
 
 
 def dispatch(op: str, tensors, *, registered, native_args, autograd, plain):
-    """Run an op the cheapest way its inputs allow, all paths calling the same backend:
+    """Run an op the cheapest way its inputs allow, all paths calling the same backend
+    (tensors: the op's tensor arguments, the first one given, the others or None):
     - not eager (see eager()): registered(), the registered custom op, which torch.compile
       and tracing see;
     - a backend with its own autograd op `<op>_autograd` (the C++ one): that op on
@@ -44,8 +45,7 @@ def dispatch(op: str, tensors, *, registered, native_args, autograd, plain):
     - else plain(), the backend's forward alone."""
     if not eager(*tensors):
         return registered()
-    device = next(t for t in tensors if t is not None).device
-    native = getattr(implementation(device), f"{op}_autograd", None)
+    native = getattr(implementation(tensors[0].device), f"{op}_autograd", None)
     if native is not None:
         return native(*native_args)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
