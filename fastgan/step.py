@@ -107,6 +107,7 @@ class Training:
             self._ema_pairs = tuple(list(self.models[name].parameters())
                                     for name in ("ema_generator", "generator"))
             self._ema_steps = torch.zeros((), device=device)  # GAN steps taken, on the device
+            self._ema_weights = _weights_like(self._ema_pairs[0])
         # Under DDP, not fullgraph: Dynamo runs DDP's forward wrapper eagerly and compiles
         # the module's forward inside it (DDPOptimizer splits it at the gradient buckets).
         fullgraph = not world.launched
@@ -289,15 +290,26 @@ class Training:
         t = self._ema_steps
         decay = ((1 + t) / (EMA_WARMUP + t)).clamp_max(self.config.ema_decay)
         ema, params = self._ema_pairs
-        # One pass over the parameters. The weight goes in as a list of 0-dim tensors: a
-        # single tensor would be read into a Python number, a host sync.
-        torch._foreach_lerp_(ema, params, [1 - decay] * len(ema))
+        # A scalar weight would be read into a Python number (a host sync), and a list of
+        # 0-dim weights takes foreach's slow path (one lerp_ launch per parameter on CUDA).
+        # Weights shaped as the parameters take the fast path: one fill, one lerp pass.
+        self._ema_weights[0].fill_(1 - decay)
+        torch._foreach_lerp_(ema, params, self._ema_weights[1])
         t.add_(1)
 
     def _real_batch(self) -> tuple[Tensor, Tensor | None]:
         if self.config.mode != "latent-cgan":
             return self.sampler()
         return self._gan_data.real_batch()  # made when the phase started
+
+
+def _weights_like(params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """One flat buffer and its views shaped (and strided) as `params`: per-element lerp
+    weights that one fill_ sets."""
+    flat = torch.empty(sum(p.numel() for p in params), device=params[0].device,
+                       dtype=params[0].dtype)
+    return flat, [view.view_as(p) for view, p in
+                  zip(flat.split([p.numel() for p in params]), params, strict=True)]
 
 
 def _use_flags(optimizer: torch.optim.Optimizer, flags: dict) -> None:
