@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from fastgan.config import TrainConfig, conditioning
 from fastgan.data import BatchSampler, Dataset, kmeans_labels
 from fastgan.distributed import DDP_GRAPH_WARMUP, World, ddp_graphs_problem
-from fastgan.graphs import WARMUP, GraphedStep, supports_graphs
+from fastgan.graphs import WARMUP, GraphedStep, on_stream, supports_graphs
 from fastgan.models import Autoencoder, Generator, build_models
 from fastgan.native import NativeStep, choose_engine
 from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
@@ -108,6 +108,9 @@ class Training:
                                     for name in ("ema_generator", "generator"))
             self._ema_steps = torch.zeros((), device=device)  # GAN steps taken, on the device
             self._ema_weights = _weights_like(self._ema_pairs[0])
+        # On CUDA, one side stream for the run: DDP is built, graphs are warmed up and
+        # captured on it, since DDP's gradient hooks belong to the stream it was built on.
+        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # Under DDP, not fullgraph: Dynamo runs DDP's forward wrapper eagerly and compiles
         # the module's forward inside it (DDPOptimizer splits it at the gradient buckets).
         fullgraph = not world.launched
@@ -159,7 +162,8 @@ class Training:
         if self.graphed:
             if phase not in self._graphs:
                 warmup = DDP_GRAPH_WARMUP if self.world.launched else WARMUP
-                self._graphs = {phase: GraphedStep(step, (self.rng,), warmup)}  # frees the last
+                self._graphs = {phase: GraphedStep(step, (self.rng,), warmup,
+                                                   self.side_stream)}  # frees the last
             step = self._graphs[phase]
         losses = step()
         self.step += 1
@@ -169,7 +173,7 @@ class Training:
         """The modules the phase's losses call, under DDP when launched. Made when the phase
         starts: DDP averages the gradients of the parameters that require them when it is
         made, and the GAN phase freezes the encoder (and the decoder, unless fine-tuned).
-        On CUDA, DDP is made on a side stream, as its CUDA-graph capture rules ask."""
+        On CUDA, DDP is made on the run's side stream, the one its graphs are captured on."""
         if phase == "gan" and self.config.mode == "latent-cgan" and self._gan_data is None:
             self._gan_data = GanData(self)
         modules = {"ae": {"autoencoder": self.models.get("autoencoder")},
@@ -177,12 +181,8 @@ class Training:
                            "fakes": self.fakes}}[phase]
         if self.device.type != "cuda" or not self.world.launched:
             return {name: self.world.wrap(m) for name, m in modules.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            trained = {name: self.world.wrap(m) for name, m in modules.items()}
-        torch.cuda.current_stream().wait_stream(side)
-        return trained
+        return on_stream(self.side_stream,
+                         lambda: {name: self.world.wrap(m) for name, m in modules.items()})
 
     def state_dict(self) -> dict:
         return {"step": self.step,
