@@ -123,8 +123,15 @@ def run_bench_ops(args: argparse.Namespace) -> int:
 
 
 def run_bench_step(args: argparse.Namespace) -> int:
-    bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
-                   args.out, args.command_line, args.compile_mode, args.precision)
+    device = bench_device(args)
+    known = bench_step.variant_names(device)
+    unknown = [name for name in args.variants or () if name not in known]
+    if unknown:
+        raise UsageError(f"--variants: expected comma-separated names of {', '.join(known)} "
+                         f"on {device.type}, got {','.join(args.variants)!r}")
+    bench_step.run(device, args.modes, args.batches, args.repeat_ms, args.quick,
+                   args.out, args.command_line, args.compile_mode, args.precision,
+                   args.variants)
     return 0
 
 
@@ -370,6 +377,8 @@ def add_bench(commands) -> None:
     step.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                       help="torch.compile mode of the compile baseline; default max-autotune "
                            "on CUDA, default on the CPU")
+    step.add_argument("--variants", type=lambda text: text.split(","), metavar="NAME,...",
+                      help="the variants to time, in this order (default: all the device's)")
     step.add_argument("--precision", choices=config.PRECISIONS, default="fp32",
                       help="bf16: every variant under bf16 autocast, fp32 weights")
     step.add_argument("--quick", action="store_true", help="batch 64 only, short timings")
