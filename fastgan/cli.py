@@ -249,6 +249,9 @@ def add_settings(add, lengths: bool = True) -> None:
              "it measured slower)")
     add("--cuda-graphs", action=argparse.BooleanOptionalAction,
         help="on CUDA, replay each training iteration as one CUDA graph (default: on)")
+    add("--tf32", action=argparse.BooleanOptionalAction,
+        help="on CUDA, fp32 matmuls as TF32 on tensor cores (default: on); --no-tf32: "
+             "strict IEEE fp32")
     add("--engine", choices=config.ENGINES,
         help="native: each iteration as one C++ call (default on the CPU, fp32); torch: "
              "autograd and torch.optim")

@@ -13,6 +13,7 @@ optimizers are fused Adam (one multi-tensor kernel per update, also on the CPU),
 CUDA each phase's whole iteration is one CUDA graph (fastgan/graphs.py; --no-cuda-graphs
 turns it off). Nothing in an iteration syncs with the host, so every path runs the same
 step code: the EMA's decay, for one, comes from a step counter on the device.
+On CUDA, fp32 matmuls run as TF32 unless --no-tf32 (fastgan.devices.use_fp32_policy).
 On the CPU, fp32, the default engine is native instead (--engine, fastgan/native.py): each
 phase's iteration is one C++ call on the same tensors, fed the same random draws.
 
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from fastgan.config import TrainConfig, conditioning
 from fastgan.data import BatchSampler, Dataset, kmeans_labels
+from fastgan.devices import use_fp32_policy
 from fastgan.distributed import DDP_GRAPH_WARMUP, World, ddp_graphs_problem
 from fastgan.graphs import WARMUP, GraphedStep, on_stream, supports_graphs
 from fastgan.models import Autoencoder, Generator, build_models
@@ -77,6 +79,7 @@ class Training:
                  world: World | None = None):
         world = world or World()
         self.config, self.data, self.device, self.world = config, data, device, world
+        use_fp32_policy(device, config.tf32)
         self.global_batch = config.batch_size * world.size
         self.num_classes, clustered = conditioning(config, data.num_classes)
         labels = (kmeans_labels(data.x, self.num_classes, config.seed) if clustered

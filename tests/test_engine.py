@@ -87,12 +87,16 @@ def test_a_checkpoint_from_other_optimizer_flags_loads_and_trains_on(mnist):
     assert all(torch.isfinite(loss) for loss in losses.values())
 
 
-def test_compile_flags_reach_the_config(tmp_path):
+def test_engine_flags_reach_the_config(tmp_path):
     out = tmp_path / "run"
+    precision = torch.get_float32_matmul_precision()
     assert main(["train", "--out", str(out), "--mode", "ae", "--steps", "2", "--batch-size",
-                 "8", "--no-compile", "--no-cuda-graphs", "--eval-every", "2"]) == 0
+                 "8", "--no-compile", "--no-cuda-graphs", "--no-tf32", "--eval-every", "2",
+                 "--device", "cpu"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["compile"] is False and saved["cuda_graphs"] is False
+    assert saved["tf32"] is False
+    assert torch.get_float32_matmul_precision() == precision  # the CPU's is left alone
 
 
 def test_bench_step_measures_every_variant_and_writes_the_report(tmp_path, capsys):

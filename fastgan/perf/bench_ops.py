@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fastgan.ops
+from fastgan.devices import use_fp32_policy
 from fastgan.perf.results import new_report, report_path, write_report
 from fastgan.perf.timing import time_fn
 
@@ -239,6 +240,7 @@ def run(device: torch.device, dtype: torch.dtype, batches: list[int] | None,
     builders = ([functools.partial(_dense_case, layer) for layer in layers]
                 + [functools.partial(_loss_case, name) for name in LOSS_FEATURES])
 
+    use_fp32_policy(device)  # every variant under the trainer's fp32 policy; recorded
     report = new_report("ops", device, dtype, command)
     report.update(batches=batches, repeat_ms=repeat_ms, quick=quick,
                   compile_options=_compile_options(device, compile_mode), rows=[])

@@ -38,6 +38,7 @@ from torch import nn
 
 from fastgan import config as cfg
 from fastgan.data import Dataset, load_dataset
+from fastgan.devices import use_fp32_policy
 from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
 from fastgan.perf import roofline
 from fastgan.perf.profile import count_iteration
@@ -316,6 +317,7 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
     data = load_dataset("mnist").to(device)
     peaks = roofline.measure_peaks(device)
     variants = variants or variant_names(device)
+    use_fp32_policy(device)  # every variant under the trainer's fp32 policy; recorded
     report = new_report("step" if precision == "fp32" else f"step-{precision}", device,
                         torch.float32, command)
     report.update(modes=modes, batches=batches, repeat_ms=repeat_ms, quick=quick,

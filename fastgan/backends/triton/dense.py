@@ -220,7 +220,8 @@ def _acc_dtype(dtype: torch.dtype):
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    # Follow torch's own matmul setting: TF32 for fp32 only when the user allowed it.
+    # Follow torch's own matmul setting, as cuBLAS does: TF32 for fp32 unless it is "highest"
+    # (the trainer sets it on CUDA: fastgan.devices.use_fp32_policy).
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
