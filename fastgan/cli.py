@@ -118,8 +118,19 @@ def bench_device(args: argparse.Namespace) -> torch.device:
 
 def run_bench_ops(args: argparse.Namespace) -> int:
     bench_ops.run(bench_device(args), DTYPES[args.dtype], args.batches, args.repeat_ms,
-                  args.quick, args.out, args.command_line, args.compile_mode)
+                  args.quick, args.out, args.command_line, args.compile_mode, args.ops)
     return 0
+
+
+def name_list(known: tuple[str, ...], what: str):
+    """An argparse type: comma-separated names, each one of `known`."""
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        if not set(names) <= set(known):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} of {', '.join(known)}, got {text!r}")
+        return names
+    return parse
 
 
 def run_bench_step(args: argparse.Namespace) -> int:
@@ -366,6 +377,8 @@ def add_bench(commands) -> None:
     ops.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                      help="torch.compile mode of the compile baseline; default "
                           "max-autotune-no-cudagraphs on CUDA, default on the CPU")
+    ops.add_argument("--ops", type=name_list(bench_ops.OPS, "ops"), metavar="OP,...",
+                     help="the ops to time (default: all)")
     ops.set_defaults(run=run_bench_ops)
 
     step = benchmarks.add_parser(
