@@ -314,10 +314,10 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES)
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
     compile_mode = compile_mode or DEFAULT_COMPILE_MODE[device.type]
+    use_fp32_policy(device)  # the peaks and every variant under the trainer's; recorded
     data = load_dataset("mnist").to(device)
     peaks = roofline.measure_peaks(device)
     variants = variants or variant_names(device)
-    use_fp32_policy(device)  # every variant under the trainer's fp32 policy; recorded
     report = new_report("step" if precision == "fp32" else f"step-{precision}", device,
                         torch.float32, command)
     report.update(modes=modes, batches=batches, repeat_ms=repeat_ms, quick=quick,
