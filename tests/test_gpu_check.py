@@ -95,3 +95,18 @@ def test_the_archive_holds_every_steps_output(rehearsal):
     assert any(re.fullmatch(r"bench/ops-.*\.json", name) for name in names)
     assert any(re.fullmatch(r"bench/step-.*\.json", name) for name in names)
     assert not any(name.endswith(".pt") for name in names)  # checkpoints stay behind
+
+
+def test_failing_steps_stop_nothing_and_everything_is_still_packed(tmp_path):
+    # `false` as Python: every step fails at once, and the next one runs anyway.
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": "false", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", str(SCRIPT), "--rehearse"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    steps, _ = budget()
+    assert [(row[0], row[1] != "0") for row in status_rows(tmp_path)] == \
+        [(name, True) for name in steps]
+    assert f"0 of {len(steps)} steps ok" in (tmp_path / "summary.txt").read_text()
+    with tarfile.open(tmp_path / "gpu_check.tgz") as archive:
+        assert {f"./{name}.txt" for name in steps} <= set(archive.getnames())
+    assert not list(tmp_path.glob("gpu_check.??????"))  # the work folder is gone
