@@ -119,13 +119,31 @@ def bench_device(args: argparse.Namespace) -> torch.device:
 
 def run_bench_ops(args: argparse.Namespace) -> int:
     bench_ops.run(bench_device(args), DTYPES[args.dtype], args.batches, args.repeat_ms,
-                  args.quick, args.out, args.command_line, args.compile_mode)
+                  args.quick, args.out, args.command_line, args.compile_mode, args.ops)
     return 0
 
 
+def name_list(known: tuple[str, ...], what: str):
+    """An argparse type: comma-separated names, each one of `known`."""
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        if not set(names) <= set(known):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} of {', '.join(known)}, got {text!r}")
+        return names
+    return parse
+
+
 def run_bench_step(args: argparse.Namespace) -> int:
-    bench_step.run(bench_device(args), args.modes, args.batches, args.repeat_ms, args.quick,
-                   args.out, args.command_line, args.compile_mode, args.precision)
+    device = bench_device(args)
+    known = bench_step.variant_names(device)
+    unknown = [name for name in args.variants or () if name not in known]
+    if unknown:
+        raise UsageError(f"--variants: expected comma-separated names of {', '.join(known)} "
+                         f"on {device.type}, got {','.join(args.variants)!r}")
+    bench_step.run(device, args.modes, args.batches, args.repeat_ms, args.quick,
+                   args.out, args.command_line, args.compile_mode, args.precision,
+                   args.variants)
     return 0
 
 
@@ -243,6 +261,9 @@ def add_settings(add, lengths: bool = True) -> None:
              "it measured slower)")
     add("--cuda-graphs", action=argparse.BooleanOptionalAction,
         help="on CUDA, replay each training iteration as one CUDA graph (default: on)")
+    add("--tf32", action=argparse.BooleanOptionalAction,
+        help="on CUDA, fp32 matmuls as TF32 on tensor cores (default: on); --no-tf32: "
+             "strict IEEE fp32")
     add("--engine", choices=config.ENGINES,
         help="native: each iteration as one C++ call (default on the CPU, fp32); torch: "
              "autograd and torch.optim")
@@ -357,6 +378,8 @@ def add_bench(commands) -> None:
     ops.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                      help="torch.compile mode of the compile baseline; default "
                           "max-autotune-no-cudagraphs on CUDA, default on the CPU")
+    ops.add_argument("--ops", type=name_list(bench_ops.OPS, "ops"), metavar="OP,...",
+                     help="the ops to time (default: all)")
     ops.set_defaults(run=run_bench_ops)
 
     step = benchmarks.add_parser(
@@ -371,6 +394,8 @@ def add_bench(commands) -> None:
     step.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                       help="torch.compile mode of the compile baseline; default max-autotune "
                            "on CUDA, default on the CPU")
+    step.add_argument("--variants", type=lambda text: text.split(","), metavar="NAME,...",
+                      help="the variants to time, in this order (default: all the device's)")
     step.add_argument("--precision", choices=config.PRECISIONS, default="fp32",
                       help="bf16: every variant under bf16 autocast, fp32 weights")
     step.add_argument("--quick", action="store_true", help="batch 64 only, short timings")

@@ -57,6 +57,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool | None = None  # torch.compile the losses; None: on CUDA only (fastest)
     cuda_graphs: bool = True  # on CUDA, each iteration is one CUDA graph replay
+    tf32: bool = True  # on CUDA, fp32 matmuls as TF32 on tensor cores; False: IEEE fp32
     engine: str | None = None  # native | torch; None: native where it runs (fastgan/native.py)
     seed: int = 0
     log_every: int = 50

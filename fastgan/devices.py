@@ -67,6 +67,17 @@ def check_precision(precision: str, device: torch.device) -> None:
                          "use --precision fp32")
 
 
+def use_fp32_policy(device: torch.device, tf32: bool = True) -> str:
+    """fastgan's fp32 policy, returned as torch's float32 matmul precision: on CUDA, fp32
+    matmuls run as TF32 on the tensor cores (torch's "high"), as most training frameworks
+    default to, unless `tf32` is False (strict IEEE fp32, torch's "highest"). The setting is
+    process-wide: cuBLAS and fastgan's Triton kernels both follow it. The CPU's is left as it
+    is: it has no TF32."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    return torch.get_float32_matmul_precision()
+
+
 def check_fits(data: Dataset, device: torch.device) -> None:
     """The training set lives on the device as tensors; say so before training when the
     GPU has too little free memory for it (and the models, batches and optimizer state,

@@ -5,7 +5,10 @@ iteration (batch sampling, forward, backward, optimizer updates, EMA) and return
 loss tensors. It follows PyTorch's whole-network capture rules
 (https://pytorch.org/docs/stable/notes/cuda.html#whole-network-capture):
 
-1. Warm-up first, on a side stream: the first WARMUP calls run eagerly there. They compile
+1. Warm-up first, on a side stream: the first WARMUP calls run eagerly there, and capture
+   runs on the same stream (a run passes its one side stream, the one its DDP modules were
+   built on: DDP's autograd hooks belong to that stream, and torch warns, and capture can
+   fail, when warm-up or capture runs on another). They compile
    the Triton kernels and torch.compile'd code, create Adam's state and cuBLAS workspaces:
    nothing may be compiled or lazily allocated during capture.
 2. Gradients are set to None before capture (the step's own zero_grad(set_to_none=True)),
@@ -35,8 +38,10 @@ WARMUP = 3  # eager iterations before capture; PyTorch's examples use 3 (DDP nee
 
 class GraphedStep:
     def __init__(self, step: Callable[[], dict[str, Tensor]],
-                 generators: tuple[torch.Generator, ...] = (), warmup: int = WARMUP):
+                 generators: tuple[torch.Generator, ...] = (), warmup: int = WARMUP,
+                 stream: torch.cuda.Stream | None = None):
         self.step, self.generators, self.warmup = step, generators, warmup
+        self.stream = stream if stream is not None else torch.cuda.Stream()  # warm-up, capture
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: dict[str, Tensor] = {}
@@ -44,19 +49,11 @@ class GraphedStep:
     def __call__(self) -> dict[str, Tensor]:
         if self.graph is None and self.calls < self.warmup:
             self.calls += 1
-            return self._on_side_stream(self.step)
+            return on_stream(self.stream, self.step)
         if self.graph is None:
             self._capture()
         self.graph.replay()
         return self.outputs
-
-    def _on_side_stream(self, fn):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = fn()
-        torch.cuda.current_stream().wait_stream(side)
-        return out
 
     def _capture(self) -> None:
         graph = torch.cuda.CUDAGraph()
@@ -66,9 +63,18 @@ class GraphedStep:
             for generator in self.generators:
                 graph.register_generator_state(generator)
         torch.cuda.synchronize()  # the warm-up's work is done before capture starts
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self.stream):
             self.outputs = self.step()
         self.graph = graph
+
+
+def on_stream(stream: torch.cuda.Stream, fn: Callable[[], object]):
+    """fn() run on `stream`, ordered after the current stream's work and before its next."""
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return out
 
 
 def supports_graphs(device: torch.device) -> str | None:

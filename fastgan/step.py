@@ -13,6 +13,7 @@ optimizers are fused Adam (one multi-tensor kernel per update, also on the CPU),
 CUDA each phase's whole iteration is one CUDA graph (fastgan/graphs.py; --no-cuda-graphs
 turns it off). Nothing in an iteration syncs with the host, so every path runs the same
 step code: the EMA's decay, for one, comes from a step counter on the device.
+On CUDA, fp32 matmuls run as TF32 unless --no-tf32 (fastgan.devices.use_fp32_policy).
 On the CPU, fp32, the default engine is native instead (--engine, fastgan/native.py): each
 phase's iteration is one C++ call on the same tensors, fed the same random draws.
 
@@ -35,8 +36,9 @@ from torch import Tensor, nn
 
 from fastgan.config import TrainConfig, conditioning
 from fastgan.data import BatchSampler, Dataset, kmeans_labels
+from fastgan.devices import use_fp32_policy
 from fastgan.distributed import DDP_GRAPH_WARMUP, World, ddp_graphs_problem
-from fastgan.graphs import WARMUP, GraphedStep, supports_graphs
+from fastgan.graphs import WARMUP, GraphedStep, on_stream, supports_graphs
 from fastgan.models import Autoencoder, Generator, build_models
 from fastgan.native import NativeStep, choose_engine
 from fastgan.ops import gan_d_loss, gan_g_loss, mse_loss
@@ -77,6 +79,7 @@ class Training:
                  world: World | None = None):
         world = world or World()
         self.config, self.data, self.device, self.world = config, data, device, world
+        use_fp32_policy(device, config.tf32)
         self.global_batch = config.batch_size * world.size
         self.num_classes, clustered = conditioning(config, data.num_classes)
         labels = (kmeans_labels(data.x, self.num_classes, config.seed) if clustered
@@ -107,6 +110,10 @@ class Training:
             self._ema_pairs = tuple(list(self.models[name].parameters())
                                     for name in ("ema_generator", "generator"))
             self._ema_steps = torch.zeros((), device=device)  # GAN steps taken, on the device
+            self._ema_weights = _weights_like(self._ema_pairs[0])
+        # On CUDA, one side stream for the run: DDP is built, graphs are warmed up and
+        # captured on it, since DDP's gradient hooks belong to the stream it was built on.
+        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # Under DDP, not fullgraph: Dynamo runs DDP's forward wrapper eagerly and compiles
         # the module's forward inside it (DDPOptimizer splits it at the gradient buckets).
         fullgraph = not world.launched
@@ -158,7 +165,8 @@ class Training:
         if self.graphed:
             if phase not in self._graphs:
                 warmup = DDP_GRAPH_WARMUP if self.world.launched else WARMUP
-                self._graphs = {phase: GraphedStep(step, (self.rng,), warmup)}  # frees the last
+                self._graphs = {phase: GraphedStep(step, (self.rng,), warmup,
+                                                   self.side_stream)}  # frees the last
             step = self._graphs[phase]
         losses = step()
         self.step += 1
@@ -168,7 +176,7 @@ class Training:
         """The modules the phase's losses call, under DDP when launched. Made when the phase
         starts: DDP averages the gradients of the parameters that require them when it is
         made, and the GAN phase freezes the encoder (and the decoder, unless fine-tuned).
-        On CUDA, DDP is made on a side stream, as its CUDA-graph capture rules ask."""
+        On CUDA, DDP is made on the run's side stream, the one its graphs are captured on."""
         if phase == "gan" and self.config.mode == "latent-cgan" and self._gan_data is None:
             self._gan_data = GanData(self)
         modules = {"ae": {"autoencoder": self.models.get("autoencoder")},
@@ -176,12 +184,8 @@ class Training:
                            "fakes": self.fakes}}[phase]
         if self.device.type != "cuda" or not self.world.launched:
             return {name: self.world.wrap(m) for name, m in modules.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            trained = {name: self.world.wrap(m) for name, m in modules.items()}
-        torch.cuda.current_stream().wait_stream(side)
-        return trained
+        return on_stream(self.side_stream,
+                         lambda: {name: self.world.wrap(m) for name, m in modules.items()})
 
     def state_dict(self) -> dict:
         return {"step": self.step,
@@ -289,15 +293,26 @@ class Training:
         t = self._ema_steps
         decay = ((1 + t) / (EMA_WARMUP + t)).clamp_max(self.config.ema_decay)
         ema, params = self._ema_pairs
-        # One pass over the parameters. The weight goes in as a list of 0-dim tensors: a
-        # single tensor would be read into a Python number, a host sync.
-        torch._foreach_lerp_(ema, params, [1 - decay] * len(ema))
+        # A scalar weight would be read into a Python number (a host sync), and a list of
+        # 0-dim weights takes foreach's slow path (one lerp_ launch per parameter on CUDA).
+        # Weights shaped as the parameters take the fast path: one fill, one lerp pass.
+        self._ema_weights[0].fill_(1 - decay)
+        torch._foreach_lerp_(ema, params, self._ema_weights[1])
         t.add_(1)
 
     def _real_batch(self) -> tuple[Tensor, Tensor | None]:
         if self.config.mode != "latent-cgan":
             return self.sampler()
         return self._gan_data.real_batch()  # made when the phase started
+
+
+def _weights_like(params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """One flat buffer and its views shaped (and strided) as `params`: per-element lerp
+    weights that one fill_ sets."""
+    flat = torch.empty(sum(p.numel() for p in params), device=params[0].device,
+                       dtype=params[0].dtype)
+    return flat, [view.view_as(p) for view, p in
+                  zip(flat.split([p.numel() for p in params]), params, strict=True)]
 
 
 def _use_flags(optimizer: torch.optim.Optimizer, flags: dict) -> None:

@@ -43,7 +43,8 @@ from fastgan.step import Training
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "samples")
 # Settings a resumed run may change: they don't alter what the steps compute.
 RESUMABLE_CHANGES = {"steps", "epochs", "log_every", "eval_every", "checkpoint_every",
-                     "device", "samples_per_class", "compile", "cuda_graphs", "engine"}
+                     "device", "samples_per_class", "compile", "cuda_graphs", "engine",
+                     "tf32"}
 
 
 def default_out(config: cfg.TrainConfig) -> Path:

@@ -49,6 +49,8 @@ def test_bench_records_a_wrong_result_instead_of_timing_it():
     (["bench", "ops", "--batches", "64,0"], "fastgan: error: --batches: "),
     (["bench", "ops", "--dtype", "float64"], "fastgan: error: --dtype: invalid choice"),
     (["bench", "ops", "--repeat-ms", "0"], "fastgan: error: --repeat-ms: "),
+    (["bench", "ops", "--ops", "mse_loss,dense"],
+     "fastgan: error: --ops: expected comma-separated ops of fused_dense, gan_d_loss"),
     (["bench"], "fastgan: error: "),
     (["frobnicate"], "fastgan: error: command: invalid choice: 'frobnicate'"),
     pytest.param(["bench", "ops", "--device", "cuda"], "fastgan: error: --device cuda: ",

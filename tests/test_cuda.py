@@ -11,6 +11,14 @@ from fastgan.testing import assert_close
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.fixture(autouse=True)
+def _matmul_precision():
+    # A Training sets the process-wide fp32 policy: leave the next test torch's as it was.
+    saved = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(saved)
+
+
 def _models():
     generator = torch.nn.Sequential(
         FusedLinear(16, 64, activation="leaky_relu", negative_slope=0.2),
@@ -67,21 +75,31 @@ def test_forward_and_backward_inside_cuda_graph_capture():
         assert_close(captured, eager.double(), torch.float32)
 
 
-def test_compile_reduce_overhead_matches_eager():
+def test_compile_reduce_overhead_replays_its_graph_and_matches_eager(monkeypatch):
     generator, discriminator = _models()
     noise, real = torch.randn(64, 16, device="cuda"), torch.rand(64, 32, device="cuda")
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay",
+                        lambda graph: (replays.append(graph), replay(graph))[1])
     compiled = torch.compile(_losses, fullgraph=True, mode="reduce-overhead")
-    for _ in range(3):
-        loss = compiled(generator, discriminator, noise, real)
-    assert_close(loss, _losses(generator, discriminator, noise, real).double(), torch.float32)
+    # Forward only, without autograd: a training graph's forward with its backward pending
+    # is never replayed. Calls: warm-up, record (replayed once to run it), then replays.
+    with torch.no_grad():
+        for _ in range(4):
+            loss = compiled(generator, discriminator, noise, real).clone()
+        expected = _losses(generator, discriminator, noise, real)
+    assert len(replays) >= 2, "the compiled graph was recorded but never replayed"
+    assert_close(loss, expected.double(), torch.float32)
 
 
 # ---------------------------------------------------------------------------------------
 # The training engine: one CUDA graph per iteration, compiled losses.
 
-# Per-step relative tolerance between the engine's paths over 50 steps of fp32 training.
-# Their kernels sum in different orders, and GAN training amplifies such differences step
-# by step; a graph replaying stale inputs or a wrong update is off by far more.
+# Per-step relative tolerance between compiled and eager iterations over 50 steps of fp32
+# training. Their kernels sum in different orders, and GAN training amplifies such
+# differences step by step; a graph replaying stale inputs or a wrong update is off by far
+# more. A graph changes no bit: it replays the same kernels on the same random offsets.
 ENGINE_RTOL = 2e-2
 
 
@@ -91,8 +109,9 @@ def _engine_run(**settings):
     from fastgan.step import Training
 
     data = load_dataset("mnist").to("cuda")
+    # Strict fp32 unless a test says otherwise: the paths then differ by summation order alone.
     values = {"mode": "latent-cgan", "steps": 50, "ae_steps": 20, "batch_size": 64,
-              "augment": 0.25, **settings}
+              "augment": 0.25, "tf32": False, **settings}
     return Training(resolve_lengths(TrainConfig(**values), len(data.x)), data,
                     torch.device("cuda"))
 
@@ -101,25 +120,42 @@ def _trajectory(run, steps=50):
     return [{k: v.item() for k, v in run.train_step().items()} for _ in range(steps)]
 
 
-def test_graphed_compiled_and_eager_iterations_give_the_same_trajectory():
+def _assert_same_weights(got, expected):
+    """Every model's state, the EMA generator's included, bit for bit."""
+    for name, module in expected.models.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(got.models[name].state_dict()[key], value), f"{name}.{key}"
+
+
+def test_graphs_change_no_bit_and_compiled_iterations_stay_close():
     paths = {"eager": {"compile": False, "cuda_graphs": False},
              "compiled": {"compile": True, "cuda_graphs": False},
              "graphed": {"compile": False, "cuda_graphs": True},
              "compiled+graphed": {}}
-    trajectories = {name: _trajectory(_engine_run(**settings)) for name, settings in paths.items()}
-    expected = trajectories.pop("eager")
+    runs = {name: _engine_run(**settings) for name, settings in paths.items()}
+    trajectories = {name: _trajectory(run) for name, run in runs.items()}
+    expected = trajectories["eager"]
     assert len({round(step["ae"], 6) for step in expected[:20]}) == 20  # new batches each step
-    for name, got in trajectories.items():
-        for step, (want, have) in enumerate(zip(expected, got, strict=True)):
-            for loss in want:
-                assert have[loss] == pytest.approx(want[loss], rel=ENGINE_RTOL), (name, step, loss)
+    for graphed, plain in (("graphed", "eager"), ("compiled+graphed", "compiled")):
+        assert trajectories[graphed] == trajectories[plain], graphed
+        _assert_same_weights(runs[graphed], runs[plain])
+    for step, (want, have) in enumerate(zip(expected, trajectories["compiled"], strict=True)):
+        for loss in want:
+            assert have[loss] == pytest.approx(want[loss], rel=ENGINE_RTOL), (step, loss)
 
 
-def test_the_default_cuda_run_is_compiled_and_graphed():
-    run = _engine_run()
+def test_the_default_cuda_run_is_compiled_and_graphed_with_tf32():
+    from fastgan.backends.triton.dense import _input_precision
+
+    run = _engine_run(tf32=True)
     assert run.compiled and run.graphed
     assert all(group["capturable"] and group["fused"]
                for optimizer in run.optimizers.values() for group in optimizer.param_groups)
+    assert torch.get_float32_matmul_precision() == "high"
+    assert _input_precision(torch.float32) == "tf32"
+    _engine_run(tf32=False)
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert _input_precision(torch.float32) == "ieee"
 
 
 @pytest.mark.parametrize("settings", [{}, {"compile": False, "cuda_graphs": False}],
@@ -137,17 +173,20 @@ def test_training_iterations_never_sync_with_the_host(settings):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_a_graphed_run_checkpoints_and_resumes():
+def test_a_graphed_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
+    from fastgan import checkpoint
+
     run = _engine_run()
     _trajectory(run, 30)
-    state = run.state_dict()
+    # Saved to a file at step 30, as training does: state_dict()'s tensors are the live ones.
+    path = tmp_path / "last.pt"
+    checkpoint.save({"config": {}, "data": {}, "best": None, **run.state_dict()}, path)
     expected = _trajectory(run, 5)
     resumed = _engine_run()
-    resumed.load_state_dict(state)
-    got = _trajectory(resumed, 5)
-    for want, have in zip(expected, got, strict=True):
-        for loss in want:
-            assert have[loss] == pytest.approx(want[loss], rel=ENGINE_RTOL)
+    resumed.load_state_dict(checkpoint.load(path))
+    assert resumed.step == 30
+    assert _trajectory(resumed, 5) == expected
+    _assert_same_weights(resumed, run)
 
 
 def test_bf16_graphed_iterations_train():

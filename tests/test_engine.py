@@ -10,6 +10,7 @@ import torch
 from fastgan.cli import main
 from fastgan.config import TrainConfig, resolve_lengths
 from fastgan.data import load_dataset
+from fastgan.perf import bench_step
 from fastgan.step import EMA_WARMUP, Training
 
 SMALL = {"batch_size": 32, "ae_hidden": (64,), "g_hidden": (64,), "d_hidden": (64,)}
@@ -86,12 +87,16 @@ def test_a_checkpoint_from_other_optimizer_flags_loads_and_trains_on(mnist):
     assert all(torch.isfinite(loss) for loss in losses.values())
 
 
-def test_compile_flags_reach_the_config(tmp_path):
+def test_engine_flags_reach_the_config(tmp_path):
     out = tmp_path / "run"
+    precision = torch.get_float32_matmul_precision()
     assert main(["train", "--out", str(out), "--mode", "ae", "--steps", "2", "--batch-size",
-                 "8", "--no-compile", "--no-cuda-graphs", "--eval-every", "2"]) == 0
+                 "8", "--no-compile", "--no-cuda-graphs", "--no-tf32", "--eval-every", "2",
+                 "--device", "cpu"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["compile"] is False and saved["cuda_graphs"] is False
+    assert saved["tf32"] is False
+    assert torch.get_float32_matmul_precision() == precision  # the CPU's is left alone
 
 
 def test_bench_step_measures_every_variant_and_writes_the_report(tmp_path, capsys):
@@ -111,8 +116,31 @@ def test_bench_step_measures_every_variant_and_writes_the_report(tmp_path, capsy
     assert "c/a" in printed and f"wrote {path}" in printed
 
 
+def test_bench_step_writes_each_variant_as_it_finishes(tmp_path, monkeypatch, capsys):
+    # A run cut short (here: interrupted while timing the second variant, as a timeout
+    # would) keeps the variants measured so far, in the report and in the log.
+    timings = iter([1.0])
+
+    def stop_at_second(fn, device, repeat_ms):
+        try:
+            return next(timings)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(bench_step, "_time_iteration", stop_at_second)
+    assert main(["bench", "step", "--device", "cpu", "--modes", "ae", "--batches", "8",
+                 "--variants", "eager,fastgan_torch_engine", "--out", str(tmp_path)]) == 130
+    [path] = tmp_path.glob("step-cpu-*.json")
+    report = json.loads(path.read_text())
+    assert report["variants"] == ["eager", "fastgan_torch_engine"]
+    [row] = report["rows"]
+    assert row["ms"] == {"eager": 1.0} and row["fastgan_vs_eager"] is None
+    assert "ae b=8 eager: 1.0000 ms" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--modes", "gan"], "--modes: expected comma-separated modes"),
+    (["--variants", "eager,fast"], "--variants: expected comma-separated names of eager"),
     (["--batches", "0"], "--batches: expected comma-separated positive integers"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--repeat-ms", "-1"],
      "--device cuda: no CUDA GPU" if not torch.cuda.is_available() else "--repeat-ms"),

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import fastgan.nn
+from fastgan.devices import use_fp32_policy
 from fastgan.perf.results import new_report, report_path, write_report
 from fastgan.perf.timing import time_fn
 from fastgan.testing import TOLERANCES
@@ -121,6 +122,7 @@ def run(device: torch.device, batches: list[int] | None, repeat_ms: float | None
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES[device.type])
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    use_fp32_policy(device)  # every variant under the trainer's fp32 policy; recorded
     report = new_report("fuse", device, torch.float32, command)
     report.update(sizes=sizes, batches=batches, repeat_ms=repeat_ms, rows=[])
     path = report_path(out_dir, report)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fastgan.ops
+from fastgan.devices import use_fp32_policy
 from fastgan.perf.results import new_report, report_path, write_report
 from fastgan.perf.timing import time_fn
 
@@ -36,6 +37,7 @@ DENSE_LAYERS = list(dict.fromkeys(AUTOENCODER_LAYERS + GENERATOR_LAYERS + DISCRI
 # Each loss and the features per row of its inputs: the discriminator's (batch, 1) logits,
 # the autoencoder's (batch, 784) reconstructions.
 LOSS_FEATURES = {"gan_d_loss": 1, "gan_g_loss": 1, "bce_with_logits": 1, "mse_loss": 784}
+OPS = ("fused_dense", *LOSS_FEATURES)  # what --ops selects from
 
 DEFAULT_BATCHES = {"cuda": [64, 256, 4096, 65536], "cpu": [64, 256, 4096]}
 DEFAULT_REPEAT_MS = {"cuda": 100.0, "cpu": 300.0}
@@ -230,15 +232,19 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def run(device: torch.device, dtype: torch.dtype, batches: list[int] | None,
         repeat_ms: float | None, quick: bool, out_dir: Path, command: str,
-        compile_mode: str | None = None) -> Path:
-    """Benchmarks every case, prints the table and writes the JSON report; returns its path.
-    batches and repeat_ms default by device, or to short ones with quick."""
+        compile_mode: str | None = None, ops: list[str] | None = None) -> Path:
+    """Benchmarks every case of `ops` (default: all of OPS), prints the table and writes the
+    JSON report; returns its path. batches and repeat_ms default by device, or to short ones
+    with quick."""
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES[device.type])
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
+    ops = ops or list(OPS)
     layers = _first_per_activation(DENSE_LAYERS) if quick else DENSE_LAYERS
-    builders = ([functools.partial(_dense_case, layer) for layer in layers]
-                + [functools.partial(_loss_case, name) for name in LOSS_FEATURES])
+    builders = ([functools.partial(_dense_case, layer) for layer in layers
+                 if "fused_dense" in ops]
+                + [functools.partial(_loss_case, name) for name in LOSS_FEATURES if name in ops])
 
+    use_fp32_policy(device)  # every variant under the trainer's fp32 policy; recorded
     report = new_report("ops", device, dtype, command)
     report.update(batches=batches, repeat_ms=repeat_ms, quick=quick,
                   compile_options=_compile_options(device, compile_mode), rows=[])

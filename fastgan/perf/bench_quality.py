@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import DataError, Dataset, load_dataset
-from fastgan.devices import check_fits
+from fastgan.devices import check_fits, use_fp32_policy
 from fastgan.evaluate import Evaluator
 from fastgan.perf.results import device_name, new_report, report_path, write_report
 from fastgan.step import Training
@@ -313,6 +313,7 @@ def run(device: torch.device, out_dir: Path, command: str, backend_setup_seconds
             raise cfg.ConfigError(f"--config: {name} trains no conditional generator (mode "
                                   f"{c.mode}{', unconditional' if c.unconditional else ''})")
     evaluator = Evaluator(data, cfg.build({"mode": "cgan"}, base))  # the classifier alone
+    use_fp32_policy(device)  # every variant under the trainer's fp32 policy; recorded
     report = new_report("quality", device, torch.float32, command)
     report.update(host_cpu=device_name(torch.device("cpu")), dataset=data.name,
                   train_size=len(data.x), held_out_size=len(data.test_x),

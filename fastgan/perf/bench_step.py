@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from torch import nn
 
 from fastgan import config as cfg
 from fastgan.data import Dataset, load_dataset
-from fastgan.devices import check_precision
+from fastgan.devices import check_precision, use_fp32_policy
 from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
 from fastgan.perf import roofline
 from fastgan.perf.profile import count_iteration
@@ -245,8 +244,16 @@ def floor(c: cfg.TrainConfig, data: Dataset, peaks: roofline.Peaks) -> dict:
             "floor_ms": limit.floor_s * 1e3, "bound": limit.bound}
 
 
+def variant_names(device: torch.device) -> list[str]:
+    return ["eager", "compile", *FASTGAN_VARIANTS[device.type]]
+
+
 def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_ms: float,
-            compile_mode: str, peaks: roofline.Peaks, precision: str = "fp32") -> dict:
+            compile_mode: str, peaks: roofline.Peaks, precision: str = "fp32",
+            variants: list[str] | None = None,
+            on_variant: Callable[[dict, str], None] = lambda row, name: None) -> dict:
+    """The row of (mode, batch): every variant's time, or its error. `on_variant(row, name)`
+    is called as each variant finishes, with the row as far as it goes."""
     c = _config(mode, batch, device, precision)
     builders = {
         "eager": lambda: PlainIteration(c, data, None),
@@ -254,23 +261,29 @@ def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_m
         **{name: functools.partial(fastgan_iteration, c, data, *variant)
            for name, variant in FASTGAN_VARIANTS[device.type].items()},
     }
-    row = {"mode": mode, "batch": batch, "ms": {}, "samples_per_s": {}, "errors": {}}
-    for name, build in builders.items():
+    row = {"mode": mode, "batch": batch, "ms": {}, "samples_per_s": {}, "errors": {},
+           "floor": floor(c, data, peaks)}
+    for name in variants or variant_names(device):
         torch._dynamo.reset()  # each variant compiles afresh
         torch.manual_seed(0)
         try:
-            ms = _time_iteration(build(), device, repeat_ms)
+            ms = _time_iteration(builders[name](), device, repeat_ms)
         except Exception as error:  # record it and go on: one broken variant spoils no others
             row["errors"][name] = " ".join(f"{type(error).__name__}: {error}".split())[:300]
             ms = None
         row["ms"][name] = ms
         row["samples_per_s"][name] = None if ms is None else round(batch / ms * 1e3, 1)
-    eager, compiled, ours = (row["ms"][k] for k in ("eager", "compile", "fastgan"))
+        _add_ratios(row)
+        on_variant(row, name)
+    return row
+
+
+def _add_ratios(row: dict) -> None:
+    """c/a, c/b and c/floor, from the variants measured so far (None until both are)."""
+    eager, compiled, ours = (row["ms"].get(k) for k in ("eager", "compile", "fastgan"))
     row["fastgan_vs_eager"] = None if None in (eager, ours) else round(eager / ours, 3)
     row["fastgan_vs_compile"] = None if None in (compiled, ours) else round(compiled / ours, 3)
-    row["floor"] = floor(c, data, peaks)
     row["fastgan_vs_floor"] = None if ours is None else round(ours / row["floor"]["floor_ms"], 2)
-    return row
 
 
 def _table(rows: list[dict], variants: list[str]) -> str:
@@ -278,7 +291,7 @@ def _table(rows: list[dict], variants: list[str]) -> str:
             "floor samples/s", "c/floor"]
     lines = [head]
     for row in rows:
-        rates = [f"{r:,.0f}" if (r := row["samples_per_s"][v]) is not None else "error"
+        rates = [f"{r:,.0f}" if (r := row["samples_per_s"].get(v)) is not None else "error"
                  for v in variants]
         ratios = [f"{r:.2f}x" if (r := row[k]) is not None else "-"
                   for k in ("fastgan_vs_eager", "fastgan_vs_compile")]
@@ -293,15 +306,19 @@ def _table(rows: list[dict], variants: list[str]) -> str:
 
 def run(device: torch.device, modes: list[str], batches: list[int] | None,
         repeat_ms: float | None, quick: bool, out_dir: Path, command: str,
-        compile_mode: str | None = None, precision: str = "fp32") -> Path:
-    """Benchmarks every (mode, batch), prints the table and writes the JSON report."""
+        compile_mode: str | None = None, precision: str = "fp32",
+        variants: list[str] | None = None) -> Path:
+    """Benchmarks every (mode, batch), prints the table and writes the JSON report: a line
+    and the report's rewrite after every variant, so that a run cut short keeps what it
+    measured. `variants` defaults to all of the device's."""
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES)
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
     compile_mode = compile_mode or DEFAULT_COMPILE_MODE[device.type]
     check_precision(precision, device)  # the CLI checked it; this is for callers from Python
+    use_fp32_policy(device)  # the peaks and every variant under the trainer's; recorded
     data = load_dataset("mnist").to(device)
     peaks = roofline.measure_peaks(device)
-    variants = ["eager", "compile", *FASTGAN_VARIANTS[device.type]]
+    variants = variants or variant_names(device)
     report = new_report("step" if precision == "fp32" else f"step-{precision}", device,
                         torch.float32, command)
     report.update(modes=modes, batches=batches, repeat_ms=repeat_ms, quick=quick,
@@ -310,16 +327,17 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
     path = report_path(out_dir, report)
     print(f"{report['device']}, fastgan backend {report['fastgan_backend']}, "
           f"{torch.get_num_threads()} CPU threads", flush=True)
+    def measured(row: dict, name: str) -> None:
+        if not report["rows"] or report["rows"][-1] is not row:  # the row's first variant
+            report["rows"].append(row)
+        write_report(path, report)
+        result = f"{row['ms'][name]:.4f} ms" if row["ms"][name] is not None else "error"
+        print(f"{row['mode']} b={row['batch']} {name}: {result}", flush=True)
+
     for mode in modes:
         for batch in batches:
-            if sys.stderr.isatty():
-                sys.stderr.write(f"\r\033[Kmeasuring {mode} at batch {batch}...")
-                sys.stderr.flush()
-            report["rows"].append(measure(mode, batch, data, device, repeat_ms, compile_mode,
-                                          peaks, precision))
-            write_report(path, report)  # after every row: a run cut short keeps its rows
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
+            measure(mode, batch, data, device, repeat_ms, compile_mode, peaks, precision,
+                    variants, measured)
     print(_table(report["rows"], variants))
     for row in report["rows"]:
         for name, error in row["errors"].items():

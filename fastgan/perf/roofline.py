@@ -8,8 +8,9 @@ an iteration must do (FLOPs and bytes), and the time those imply (the floor).
 Peaks are measured once per machine: a large matmul (bf16 and fp32 on CUDA, fp32 on the CPU),
 a large device-to-device copy, and on CUDA the launch of a one-kernel CUDA graph. They are
 cached in fastgan.files.cache_dir() / "peaks", keyed by the device's name and the torch
-version (and on the CPU the number of threads torch uses); measure_peaks(device,
-refresh=True) measures again.
+version (on the CPU also the number of threads torch uses, on CUDA whether fp32 matmuls run
+as TF32: the fp32 peak is measured under torch's float32 matmul precision at the time, which
+the trainer's fp32 policy sets); measure_peaks(device, refresh=True) measures again.
 """
 
 import json
@@ -176,6 +177,8 @@ def peaks_path(device: torch.device):
     slug = device_slug(device_name(device))
     if device.type == "cpu":  # the CPU's peaks depend on the threads torch uses
         slug += f"-{torch.get_num_threads()}threads"
+    elif torch.get_float32_matmul_precision() != "highest":  # fp32 measured as TF32
+        slug += "-tf32"
     return cache_dir() / "peaks" / f"{device.type}-{slug}-torch{torch.__version__}.json"
 
 

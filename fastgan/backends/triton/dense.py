@@ -199,13 +199,16 @@ def dense_dw_kernel(
             acc = _dot(dz_t.to(x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
         if NEED_DB:
             db += tl.sum(dz_t, axis=1)
+    # The partial's offset in int64: split * N * K passes 2**31 for wide layers at large
+    # batch, where int32 (program ids and small int arguments are int32) would wrap.
+    split64 = split.to(tl.int64)
     if NEED_DW:
-        tl.store(dw_ptr + split * N * K + rn[:, None] * K + rk[None, :],
+        tl.store(dw_ptr + split64 * N * K + rn[:, None] * K + rk[None, :],
                  acc.to(dw_ptr.dtype.element_ty), mask=(rn[:, None] < N) & (rk[None, :] < K))
     if NEED_DB:
         # Every K-tile computes the same column sums; the first one writes them.
         if pid_k == 0:
-            tl.store(db_ptr + split * N + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
+            tl.store(db_ptr + split64 * N + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,7 +220,8 @@ def _acc_dtype(dtype: torch.dtype):
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    # Follow torch's own matmul setting: TF32 for fp32 only when the user allowed it.
+    # Follow torch's own matmul setting, as cuBLAS does: TF32 for fp32 unless it is "highest"
+    # (the trainer sets it on CUDA: fastgan.devices.use_fp32_policy).
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
