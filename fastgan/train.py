@@ -5,7 +5,10 @@
     <out>/checkpoints/last.pt  every --checkpoint-every steps and at the end
     <out>/checkpoints/best.pt  the evaluation with the lowest score
     <out>/samples/*.png        a sample grid per evaluation (one row per class)
-    <out>/summary.json         the final metrics and samples_per_s
+    <out>/summary.json         the final metrics, samples_per_s and seconds_to
+
+Every metrics.jsonl line has `time`: wall seconds since the run started, counted on across
+--resume (checkpoints hold it), so quality can be read against the clock.
 
 Losses stay on the device between log intervals: the loop syncs with it only to log.
 samples_per_s counts training samples over the steady-state log windows: each phase's first
@@ -118,10 +121,16 @@ def keep_log_until(path: Path, step: int) -> None:
         file.write("".join(kept).encode())
 
 
+# summary.json's seconds_to: the first evaluation reaching each cond_accuracy
+ACCURACY_LEVELS = (0.9, 0.95, 0.98)
+
+
 class Loop:
     def __init__(self, config: cfg.TrainConfig, data: Dataset, out: Path,
-                 state: dict | None, world: World | None = None):
+                 state: dict | None, world: World | None = None, started: float | None = None):
         self.config, self.out, self.data = config, out, data
+        self.started = time.perf_counter() if started is None else started
+        self.time_before = 0.0  # wall seconds of the runs this one resumes
         self.world = world or World()
         self.device = data.x.device
         self.training = Training(config, data, self.device, self.world)
@@ -136,6 +145,7 @@ class Loop:
                 raise checkpoint.CheckpointError(
                     f"{self.last}: does not fit this run's models and data ({reason})") from None
             self.best, self.saved_step = state["best"], state["step"]
+            self.time_before = state.get("time", 0.0)  # checkpoints before `time` lack it
         self.watched = faults.watched_tensors(self.training.models.values())
         self.run = Run(config, data.info(), self.training.models)
         if self.world.is_main:
@@ -144,9 +154,13 @@ class Loop:
         self.steady_seconds = {"ae": 0.0, "gan": 0.0}
         self.steady_samples = {"ae": 0, "gan": 0}
 
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far, its resumed parts included."""
+        return self.time_before + time.perf_counter() - self.started
+
     def state(self) -> dict:
         return {"config": cfg.to_dict(self.config), "data": self.run.data_info,
-                "best": self.best, **self.training.state_dict()}
+                "best": self.best, "time": self.elapsed(), **self.training.state_dict()}
 
     def save_last(self) -> None:
         checkpoint.save(self.state(), self.last)
@@ -162,6 +176,7 @@ class Loop:
         raise stop.stopped(self.training.step, self.out)
 
     def log(self, record: dict) -> None:
+        record = {**record, "time": round(self.elapsed(), 3)}
         with open(self.out / "metrics.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")
 
@@ -276,7 +291,7 @@ def _train(config: cfg.TrainConfig, out: Path | None, resume: bool, overwrite: b
     out = out or default_out(config)
     out = world.rank0_then_all(lambda: out)  # default_out's time stamp: rank 0's
     state = world.rank0_then_all(lambda: _start_out(config, out, resume, overwrite))
-    loop = Loop(config, data.to(device), out, state, world)
+    loop = Loop(config, data.to(device), out, state, world, started)
     world.rank0_then_all(lambda: _write_config(loop))
     try:
         with faults.StopRequests() as stop:
@@ -303,8 +318,37 @@ def finish(loop: Loop, final: dict, device: torch.device, name: str, started: fl
         "samples_per_s_by_phase": rates,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
+    reached = seconds_to(read_log(out / "metrics.jsonl"))
+    if reached is not None:
+        summary["seconds_to"] = reached
     write_json(out / "summary.json", summary)
     return {**summary, "out": str(out)}
+
+
+def read_log(path: Path) -> list[dict]:
+    """metrics.jsonl's records, in order; a line cut short by a kill is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def seconds_to(records: list[dict]) -> dict | None:
+    """For each of ACCURACY_LEVELS, the first evaluation whose cond_accuracy reaches it, as
+    {"seconds", "step"} (None while not reached); None for runs that report no
+    cond_accuracy (no labels, 2-D mixtures, the autoencoder alone)."""
+    evaluations = [r for r in records if "cond_accuracy" in r.get("eval", {})]
+    if not evaluations:
+        return None
+    reached = {}
+    for level in ACCURACY_LEVELS:
+        first = next((r for r in evaluations if r["eval"]["cond_accuracy"] >= level), None)
+        reached[str(level)] = None if first is None else {"seconds": first.get("time"),
+                                                          "step": first["step"]}
+    return reached
 
 
 def _start_out(config: cfg.TrainConfig, out: Path, resume: bool, overwrite: bool
