@@ -1,8 +1,10 @@
 """The `fastgan` command line.
 
     fastgan train [options]        train a run (default: latent-cgan on the packaged MNIST)
-    fastgan sample --run DIR ...   samples of a trained run, as .png or .npy
+    fastgan sample --run DIR ...   samples of a trained run, as .png or .npy; its
+                                   reconstructions or latent walks (--reconstruct, --interpolate)
     fastgan eval --run DIR         a trained run's held-out metrics
+    fastgan report --run DIR       a run's curves and pictures drawn again, and its summary
     fastgan profile [options]      a profiling session: trace, NVML samples, roofline report
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
     fastgan bench step [options]   time a whole training iteration against the same
@@ -25,16 +27,17 @@ from pathlib import Path
 import torch
 
 import fastgan
-from fastgan import api, checkpoint, config, faults
+from fastgan import api, checkpoint, config, curves, faults, pictures
 from fastgan.backends.select import backend_for
 from fastgan.data import DataError, load_dataset
 from fastgan.devices import SetupError, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
+from fastgan.images import write_png
 from fastgan.perf import bench_fuse, bench_ops, bench_quality, bench_step
 from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
-from fastgan.train import train
+from fastgan.train import read_log, seconds_to, train
 
 # Errors that are the user's input, reported in one line with exit status 2.
 INPUT_ERRORS = (config.ConfigError, DataError, SetupError, checkpoint.CheckpointError,
@@ -162,7 +165,8 @@ def run_train(args: argparse.Namespace) -> int:
     saved = args.out / "config.json" if args.out else None
     base = config.read_json(saved) if args.resume and saved.exists() else {}
     run_config = settings(args, base)
-    summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
+    summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite,
+                    tensorboard=args.tensorboard)
     if summary.get("rank"):  # under torchrun, rank 0 reports
         return 0
     headline = {k: v for k, v in summary["metrics"].items()
@@ -177,6 +181,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".png", ".npy"):
         raise SetupError(f"--out: expected a file name ending in .png or .npy, got {args.out}")
+    if args.reconstruct or args.interpolate:
+        return run_sample_pictures(args)
     run = api.load(args.run_dir, args.checkpoint)
     if args.out.suffix == ".png" and run.units.image_shape is None and run.data_info["dim"] != 2:
         raise SetupError(f"--out: a .png shows images or 2-D points; this run makes "
@@ -191,12 +197,96 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sample_pictures(args: argparse.Namespace) -> int:
+    """--reconstruct N or --interpolate A B: pictures of held-out data through the run."""
+    flag = "--reconstruct" if args.reconstruct else "--interpolate"
+    if args.out.suffix != ".png":
+        raise SetupError(f"--out: {flag} draws a picture: expected a file name ending in .png")
+    run = api.load(args.run_dir, args.checkpoint)
+    data = run_data(run)
+    if not pictures.can_draw(data):
+        raise SetupError(f"{flag}: pictures show images or 2-D points; this run makes "
+                         f"{data.dim}-D vectors")
+    pairs = None if args.reconstruct else interpolation_pairs(args, data)
+    try:
+        if args.reconstruct:
+            pixels = pictures.reconstructions(run, data, args.reconstruct)
+        else:
+            pixels = pictures.interpolations(run, data, pairs, args.steps, args.rows,
+                                             torch.Generator().manual_seed(args.seed))
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from error
+    write_png(args.out, pixels)
+    print(f"fastgan: wrote {args.out}")
+    return 0
+
+
+def interpolation_pairs(args: argparse.Namespace, data) -> list[tuple[int, int]]:
+    a, b = args.interpolate
+    if data.test_y is None:
+        raise SetupError("--interpolate: this run's data has no classes to walk between")
+    if max(a, b) >= data.num_classes:
+        raise SetupError(f"--interpolate: expected classes in [0, {data.num_classes}), "
+                         f"got {a} {b}")
+    return [(a, b)] * args.rows
+
+
+def run_data(run: api.Run):
+    """The run's dataset (its held-out split is what the pictures show)."""
+    c = run.config
+    return load_dataset(c.dataset, c.data_dir and Path(c.data_dir), seed=c.seed)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     run = api.load(args.run_dir, args.checkpoint)
-    c = run.config
-    data = load_dataset(c.dataset, c.data_dir and Path(c.data_dir), seed=c.seed)
-    print(json.dumps(Evaluator(data, c)(run, seed=args.seed), indent=2))
+    print(json.dumps(Evaluator(run_data(run), run.config)(run, seed=args.seed), indent=2))
     return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """curves.png from metrics.jsonl, the pictures from the checkpoint, and a summary."""
+    out = args.run_dir
+    records = read_log(out / "metrics.jsonl")
+    if not records:
+        raise SetupError(f"--run: {out} has no metrics.jsonl to report on")
+    wrote = ["curves.png"] if curves.draw(records, out / "curves.png") else []
+    if not wrote:
+        print("fastgan: matplotlib is not installed: skipped curves.png", file=sys.stderr)
+    if (out / "checkpoints" / f"{args.checkpoint}.pt").exists():
+        run = api.load(out, args.checkpoint)
+        written = pictures.write_run_pictures(run, run_data(run), out, run.config.seed)
+        wrote += [path.name for path in written]
+    for line in report_lines(out, records, wrote):
+        print(line)
+    return 0
+
+
+def report_lines(out: Path, records: list[dict], wrote: list[str]) -> list[str]:
+    """The text summary of `fastgan report`: how far the run went, its last evaluation,
+    when it reached each accuracy, its speed, and what was drawn."""
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() \
+        else {}
+    last = records[-1]
+    lines = [f"fastgan: {out}: {saved.get('mode', '?')} on {Path(saved.get('dataset', '?')).name}"
+             f", step {last['step']} of {saved.get('steps', '?')}"
+             + (f", {last['time']:.1f} wall seconds" if "time" in last else "")]
+    evaluations = [r for r in records if "eval" in r]
+    if evaluations:
+        final = evaluations[-1]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in final["eval"].items()
+                          if k != "score" and isinstance(v, int | float))
+        lines.append(f"  last evaluation (step {final['step']}): {shown}")
+    reached = seconds_to(records)
+    if reached is not None:
+        lines.append("  cond_accuracy reached: " + ", ".join(
+            f"{level} at step {r['step']}" + (f" ({r['seconds']:.1f} s)" if r["seconds"] else "")
+            if r else f"{level} not reached" for level, r in reached.items()))
+    if summary.get("samples_per_s"):
+        lines.append(f"  samples/s: {summary['samples_per_s']:,.0f} (steady state)")
+    lines.append("  wrote: " + (", ".join(wrote) if wrote else "nothing"))
+    return lines
 
 
 def add_settings(add, lengths: bool = True) -> None:
@@ -265,6 +355,9 @@ def add_train(commands) -> None:
         help="continue the run in --out from its last checkpoint")
     add("--overwrite", action="store_true", default=False,
         help="replace the run in --out")
+    add("--tensorboard", action="store_true", default=False,
+        help="also write TensorBoard event files under <out>/tb/ (needs the tensorboard "
+             "package: pip install 'fastgan[tensorboard]')")
     train_cmd.set_defaults(run=run_train)
 
 
@@ -277,6 +370,18 @@ def add_run_commands(commands) -> None:
     sample.add_argument("--out", type=Path, required=True, metavar="FILE.png|FILE.npy")
     sample.add_argument("--seed", type=non_negative_int, default=0)
     sample.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    pictured = sample.add_mutually_exclusive_group()
+    pictured.add_argument("--reconstruct", type=positive_int, metavar="N",
+                          help="N held-out examples above their reconstructions")
+    pictured.add_argument("--interpolate", type=non_negative_int, nargs=2, metavar=("A", "B"),
+                          help="walks from class A to class B: in the autoencoder's latent "
+                               "space, and in the generator's label embedding")
+    sample.add_argument("--steps", type=number(int, lambda v: v >= 2, "an integer >= 2"),
+                        default=10, metavar="K", help="--interpolate: points per walk "
+                                                      "(default 10)")
+    sample.add_argument("--rows", type=positive_int, default=8, metavar="R",
+                        help="--interpolate: walks, each from its own held-out pair "
+                             "(default 8)")
     sample.set_defaults(run=run_sample)
 
     evaluate = commands.add_parser("eval", help="a trained run's held-out metrics, as JSON")
@@ -284,6 +389,13 @@ def add_run_commands(commands) -> None:
     evaluate.add_argument("--seed", type=non_negative_int, default=0)
     evaluate.add_argument("--checkpoint", choices=("last", "best"), default="last")
     evaluate.set_defaults(run=run_eval)
+
+    report = commands.add_parser(
+        "report", help="draw a run's curves.png, reconstructions.png and interpolations.png "
+                       "again from its files, and print a summary")
+    report.add_argument("--run", type=Path, required=True, metavar="DIR", dest="run_dir")
+    report.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    report.set_defaults(run=run_report)
 
 
 def _commas(numbers: list[int]) -> str:

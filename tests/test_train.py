@@ -56,8 +56,12 @@ def test_each_mode_on_mnist_writes_a_complete_run(tmp_path, mode):
     out = tmp_path / "run"
     summary = train(out, "--mode", mode, "--ae-steps", "12")
 
+    pictures = {"ae": {"reconstructions.png", "interpolations.png"},
+                "cgan": {"interpolations.png"}}.get(mode, {"reconstructions.png",
+                                                          "interpolations.png"})
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "summary.json",
-                                              "checkpoints", "samples"}
+                                              "checkpoints", "samples", "curves.png",
+                                              *pictures}
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "step-000012.png", "step-000024.png"]
@@ -92,6 +96,9 @@ def test_unconditional_and_the_toy_mixtures(tmp_path):
 
     summary = train(tmp_path / "ring", "--dataset", "ring")
     assert summary["metrics"]["modes_total"] == 8
+    # 2-D data: the generator's label walks as a scatter plot; no autoencoder to picture
+    assert (tmp_path / "ring" / "interpolations.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "ring" / "reconstructions.png").exists()
     assert fg.load(tmp_path / "ring").sample(5, labels=3).shape == (5, 2)
 
 
