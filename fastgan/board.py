@@ -33,10 +33,19 @@ def require() -> None:
 class Board:
     def __init__(self, directory: Path, resumed_step: int | None):
         require()
-        from torch.utils.tensorboard import SummaryWriter
+        self.directory, self.resumed_step = directory, resumed_step
+        self._writer = None
 
-        purge = None if resumed_step is None else resumed_step + 1
-        self.writer = SummaryWriter(log_dir=str(directory), purge_step=purge)
+    @property
+    def writer(self):
+        """The SummaryWriter, made on first use: a run refused before training (a full
+        disk) leaves no event file."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if self.resumed_step is None else self.resumed_step + 1
+            self._writer = SummaryWriter(log_dir=str(self.directory), purge_step=purge)
+        return self._writer
 
     def scalars(self, record: dict) -> None:
         """One metrics.jsonl record: its numbers as scalars at its step."""
@@ -61,7 +70,9 @@ class Board:
         self.image(tag, (rgba[..., :3] * 255).round().astype(np.uint8), step)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()

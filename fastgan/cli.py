@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 import fastgan
-from fastgan import api, checkpoint, config, curves, faults, pictures
+from fastgan import api, checkpoint, config, curves, faults, pictures, report
 from fastgan.backends.select import backend_for
-from fastgan.data import DataError, load_dataset
+from fastgan.data import DataError
 from fastgan.devices import SetupError, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
@@ -37,7 +37,7 @@ from fastgan.images import write_png
 from fastgan.perf import bench_fuse, bench_ops, bench_quality, bench_step
 from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
-from fastgan.train import read_log, seconds_to, train
+from fastgan.train import train
 
 # Errors that are the user's input, reported in one line with exit status 2.
 INPUT_ERRORS = (config.ConfigError, DataError, SetupError, checkpoint.CheckpointError,
@@ -203,7 +203,7 @@ def run_sample_pictures(args: argparse.Namespace) -> int:
     if args.out.suffix != ".png":
         raise SetupError(f"--out: {flag} draws a picture: expected a file name ending in .png")
     run = api.load(args.run_dir, args.checkpoint)
-    data = run_data(run)
+    data = report.run_data(run)
     if not pictures.can_draw(data):
         raise SetupError(f"{flag}: pictures show images or 2-D points; this run makes "
                          f"{data.dim}-D vectors")
@@ -231,62 +231,19 @@ def interpolation_pairs(args: argparse.Namespace, data) -> list[tuple[int, int]]
     return [(a, b)] * args.rows
 
 
-def run_data(run: api.Run):
-    """The run's dataset (its held-out split is what the pictures show)."""
-    c = run.config
-    return load_dataset(c.dataset, c.data_dir and Path(c.data_dir), seed=c.seed)
-
-
 def run_eval(args: argparse.Namespace) -> int:
     run = api.load(args.run_dir, args.checkpoint)
-    print(json.dumps(Evaluator(run_data(run), run.config)(run, seed=args.seed), indent=2))
+    evaluated = Evaluator(report.run_data(run), run.config)(run, seed=args.seed)
+    print(json.dumps(evaluated, indent=2))
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """curves.png from metrics.jsonl, the pictures from the checkpoint, and a summary."""
-    out = args.run_dir
-    records = read_log(out / "metrics.jsonl")
-    if not records:
-        raise SetupError(f"--run: {out} has no metrics.jsonl to report on")
-    wrote = ["curves.png"] if curves.draw(records, out / "curves.png") else []
-    if not wrote:
-        print("fastgan: matplotlib is not installed: skipped curves.png", file=sys.stderr)
-    if (out / "checkpoints" / f"{args.checkpoint}.pt").exists():
-        run = api.load(out, args.checkpoint)
-        written = pictures.write_run_pictures(run, run_data(run), out, run.config.seed)
-        wrote += [path.name for path in written]
-    for line in report_lines(out, records, wrote):
-        print(line)
+    records, wrote = report.redraw(args.run_dir, args.checkpoint)
+    if "curves.png" not in wrote:
+        print(curves.NO_PLOT, file=sys.stderr)
+    print("\n".join(report.summary_lines(args.run_dir, records, wrote)))
     return 0
-
-
-def report_lines(out: Path, records: list[dict], wrote: list[str]) -> list[str]:
-    """The text summary of `fastgan report`: how far the run went, its last evaluation,
-    when it reached each accuracy, its speed, and what was drawn."""
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() \
-        else {}
-    last = records[-1]
-    lines = [f"fastgan: {out}: {saved.get('mode', '?')} on {Path(saved.get('dataset', '?')).name}"
-             f", step {last['step']} of {saved.get('steps', '?')}"
-             + (f", {last['time']:.1f} wall seconds" if "time" in last else "")]
-    evaluations = [r for r in records if "eval" in r]
-    if evaluations:
-        final = evaluations[-1]
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in final["eval"].items()
-                          if k != "score" and isinstance(v, int | float))
-        lines.append(f"  last evaluation (step {final['step']}): {shown}")
-    reached = seconds_to(records)
-    if reached is not None:
-        lines.append("  cond_accuracy reached: " + ", ".join(
-            f"{level} at step {r['step']}" + (f" ({r['seconds']:.1f} s)" if r["seconds"] else "")
-            if r else f"{level} not reached" for level, r in reached.items()))
-    if summary.get("samples_per_s"):
-        lines.append(f"  samples/s: {summary['samples_per_s']:,.0f} (steady state)")
-    lines.append("  wrote: " + (", ".join(wrote) if wrote else "nothing"))
-    return lines
 
 
 def add_settings(add, lengths: bool = True) -> None:
@@ -390,12 +347,12 @@ def add_run_commands(commands) -> None:
     evaluate.add_argument("--checkpoint", choices=("last", "best"), default="last")
     evaluate.set_defaults(run=run_eval)
 
-    report = commands.add_parser(
+    reporting = commands.add_parser(
         "report", help="draw a run's curves.png, reconstructions.png and interpolations.png "
                        "again from its files, and print a summary")
-    report.add_argument("--run", type=Path, required=True, metavar="DIR", dest="run_dir")
-    report.add_argument("--checkpoint", choices=("last", "best"), default="last")
-    report.set_defaults(run=run_report)
+    reporting.add_argument("--run", type=Path, required=True, metavar="DIR", dest="run_dir")
+    reporting.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    reporting.set_defaults(run=run_report)
 
 
 def _commas(numbers: list[int]) -> str:

@@ -6,8 +6,9 @@
     generator       cond_accuracy and FD (fd, or fd_data), or on 2-D mixtures the share of
                     modes captured and of high-quality samples
 
-The x-axis is the step; wall time (the log's `time`) is a second axis on top. Each series is
-cut to at most MAX_POINTS evenly spaced points, so a long run draws as fast as a short one.
+The x-axis is the step; on top, each step tick is labeled with its wall time (the log's
+`time`). Each series is cut to at most MAX_POINTS evenly spaced points, so a long run draws
+as fast as a short one.
 Drawn with matplotlib's Figure (no pyplot, no display); without matplotlib there is no plot.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from fastgan.files import atomic_write
 
+NO_PLOT = "fastgan: matplotlib is not installed: skipped curves.png (pip install matplotlib)"
 MAX_POINTS = 500
 SIZE_INCHES = (11, 9)
 DPI = 100  # with SIZE_INCHES: a 1100 x 900 picture
@@ -94,11 +96,15 @@ def _plot(axes, records: list[dict], keys: tuple[str, ...], ylabel: str) -> bool
 
 
 def _time_axis(axes, logged: list[dict]) -> None:
-    """Wall seconds on top, read off the log lines' steps and times (older logs have none)."""
+    """Wall seconds on top, above the step ticks: each labeled with the log's `time` at that
+    step (older logs have none). Ticks at the steps, not a scale of its own, because time is
+    not linear in steps (phases run at different speeds; evaluations take time)."""
     steps, times = series(logged, "time")
     if len(steps) < 2:
         return
-    steps, times = np.asarray(steps, float), np.asarray(times, float)
-    top = axes.secondary_xaxis("top", functions=(lambda s: np.interp(s, steps, times),
-                                                 lambda t: np.interp(t, times, steps)))
+    low, high = axes.get_xlim()
+    ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+    seconds = np.interp(ticks, steps, times)
+    top = axes.secondary_xaxis("top")
+    top.set_xticks(ticks, labels=[f"{s:.3g}" if s < 100 else f"{s:.0f}" for s in seconds])
     top.set_xlabel("wall seconds", fontsize=8)

@@ -200,8 +200,7 @@ class Loop:
         path = self.out / "curves.png"
         drawn = curves.draw(read_log(self.out / "metrics.jsonl"), path)
         if not drawn and not self.skipped_plot:
-            tqdm.write("fastgan: matplotlib is not installed: skipped curves.png "
-                       "(pip install matplotlib)", file=sys.stderr)
+            tqdm.write(curves.NO_PLOT, file=sys.stderr)
             self.skipped_plot = True
         return drawn
 
