@@ -51,7 +51,10 @@ def draw(records: list[dict], path: Path) -> bool:
     if mixture:  # as shares, so that the panel reads the same for any number of modes
         evaluations = [{**r, "modes_captured": r["modes_captured"] / r["modes_total"]}
                        if "modes_total" in r else r for r in evaluations]
-    figure = Figure(figsize=SIZE_INCHES, dpi=DPI, layout="constrained")
+    figure = Figure(figsize=SIZE_INCHES, dpi=DPI)
+    # fixed margins: constrained layout measured 40% of the drawing time
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.06, top=0.94, hspace=0.6,
+                           wspace=0.2)
     for axes, (kind, keys, label) in zip(figure.subplots(3, 2).flatten(), panels(mixture),
                                          strict=True):
         axes.set_xlabel("step")
