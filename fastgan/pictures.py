@@ -117,7 +117,7 @@ def reconstructions(run: Run, data: Dataset, n: int) -> np.ndarray:
         raise ValueError(f"this run (mode {run.config.mode}) has no autoencoder to reconstruct "
                          "with")
     if n > len(data.test_x):
-        raise ValueError(f"--reconstruct: the held-out split has {len(data.test_x)} examples")
+        raise ValueError(f"the held-out split has {len(data.test_x)} examples")
     real = data.test_x[:n]
     again = run.autoencoder(real).float()
     if data.image_shape is not None:
@@ -165,14 +165,15 @@ def write_run_pictures(run: Run, data: Dataset, out: Path, seed: int) -> list[Pa
     if not can_draw(data):
         return []
     written = []
-    if run.autoencoder is not None:
-        n = min(RUN_EXAMPLES if data.image_shape is not None else RUN_POINTS, len(data.test_x))
+    n = min(RUN_EXAMPLES if data.image_shape is not None else RUN_POINTS, len(data.test_x))
+    if run.autoencoder is not None and n > 0:
         written.append(out / "reconstructions.png")
         write_png(written[-1], reconstructions(run, data, n))
     pairs = class_pairs(data)
-    if run.autoencoder is not None or (pairs is not None and walks_label_space(run)):
+    rows = len(pairs) if pairs is not None else min(RUN_EXAMPLES, len(data.test_x) // 2)
+    walks = run.autoencoder is not None or (pairs is not None and walks_label_space(run))
+    if walks and rows > 0:  # a held-out split of one example has no pair to walk between
         generator = torch.Generator(run.device).manual_seed(seed)
-        rows = min(RUN_EXAMPLES, len(data.test_x) // 2)
         written.append(out / "interpolations.png")
         write_png(written[-1], interpolations(run, data, pairs, RUN_STEPS, rows, generator))
     return written
