@@ -1,8 +1,10 @@
 """The `fastgan` command line.
 
     fastgan train [options]        train a run (default: latent-cgan on the packaged MNIST)
-    fastgan sample --run DIR ...   samples of a trained run, as .png or .npy
+    fastgan sample --run DIR ...   samples of a trained run, as .png or .npy; its
+                                   reconstructions or latent walks (--reconstruct, --interpolate)
     fastgan eval --run DIR         a trained run's held-out metrics
+    fastgan report --run DIR       a run's curves and pictures drawn again, and its summary
     fastgan profile [options]      a profiling session: trace, NVML samples, roofline report
     fastgan bench ops [options]    time the fused ops against PyTorch and torch.compile
     fastgan bench step [options]   time a whole training iteration against the same
@@ -25,12 +27,13 @@ from pathlib import Path
 import torch
 
 import fastgan
-from fastgan import api, checkpoint, config, faults
+from fastgan import api, checkpoint, config, curves, faults, pictures, report
 from fastgan.backends.select import backend_for
-from fastgan.data import DataError, load_dataset
+from fastgan.data import DataError
 from fastgan.devices import SetupError, check_precision, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
+from fastgan.images import write_png
 from fastgan.perf import bench_fuse, bench_ops, bench_quality, bench_step
 from fastgan.perf import profile as profiling
 from fastgan.samples import save_samples
@@ -181,7 +184,8 @@ def run_train(args: argparse.Namespace) -> int:
     saved = args.out / "config.json" if args.out else None
     base = config.read_json(saved) if args.resume and saved.exists() else {}
     run_config = settings(args, base)
-    summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite)
+    summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite,
+                    tensorboard=args.tensorboard)
     if summary.get("rank"):  # under torchrun, rank 0 reports
         return 0
     headline = {k: v for k, v in summary["metrics"].items()
@@ -196,6 +200,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".png", ".npy"):
         raise SetupError(f"--out: expected a file name ending in .png or .npy, got {args.out}")
+    if args.reconstruct or args.interpolate:
+        return run_sample_pictures(args)
     run = api.load(args.run_dir, args.checkpoint)
     if args.out.suffix == ".png" and run.units.image_shape is None and run.data_info["dim"] != 2:
         raise SetupError(f"--out: a .png shows images or 2-D points; this run makes "
@@ -210,11 +216,52 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sample_pictures(args: argparse.Namespace) -> int:
+    """--reconstruct N or --interpolate A B: pictures of held-out data through the run."""
+    flag = "--reconstruct" if args.reconstruct else "--interpolate"
+    if args.out.suffix != ".png":
+        raise SetupError(f"--out: {flag} draws a picture: expected a file name ending in .png")
+    run = api.load(args.run_dir, args.checkpoint)
+    data = report.run_data(run)
+    if not pictures.can_draw(data):
+        raise SetupError(f"{flag}: pictures show images or 2-D points; this run makes "
+                         f"{data.dim}-D vectors")
+    pairs = None if args.reconstruct else interpolation_pairs(args, data)
+    try:
+        if args.reconstruct:
+            pixels = pictures.reconstructions(run, data, args.reconstruct)
+        else:
+            pixels = pictures.interpolations(run, data, pairs, args.steps, args.rows,
+                                             torch.Generator().manual_seed(args.seed))
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from error
+    write_png(args.out, pixels)
+    print(f"fastgan: wrote {args.out}")
+    return 0
+
+
+def interpolation_pairs(args: argparse.Namespace, data) -> list[tuple[int, int]]:
+    a, b = args.interpolate
+    if data.test_y is None:
+        raise SetupError("--interpolate: this run's data has no classes to walk between")
+    if max(a, b) >= data.num_classes:
+        raise SetupError(f"--interpolate: expected classes in [0, {data.num_classes}), "
+                         f"got {a} {b}")
+    return [(a, b)] * args.rows
+
+
 def run_eval(args: argparse.Namespace) -> int:
     run = api.load(args.run_dir, args.checkpoint)
-    c = run.config
-    data = load_dataset(c.dataset, c.data_dir and Path(c.data_dir), seed=c.seed)
-    print(json.dumps(Evaluator(data, c)(run, seed=args.seed), indent=2))
+    evaluated = Evaluator(report.run_data(run), run.config)(run, seed=args.seed)
+    print(json.dumps(evaluated, indent=2))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    records, wrote = report.redraw(args.run_dir, args.checkpoint)
+    if "curves.png" not in wrote:
+        print(curves.NO_PLOT, file=sys.stderr)
+    print("\n".join(report.summary_lines(args.run_dir, records, wrote)))
     return 0
 
 
@@ -287,6 +334,9 @@ def add_train(commands) -> None:
         help="continue the run in --out from its last checkpoint")
     add("--overwrite", action="store_true", default=False,
         help="replace the run in --out")
+    add("--tensorboard", action="store_true", default=False,
+        help="also write TensorBoard event files under <out>/tb/ (needs the tensorboard "
+             "package: pip install 'fastgan[tensorboard]')")
     train_cmd.set_defaults(run=run_train)
 
 
@@ -299,6 +349,18 @@ def add_run_commands(commands) -> None:
     sample.add_argument("--out", type=Path, required=True, metavar="FILE.png|FILE.npy")
     sample.add_argument("--seed", type=non_negative_int, default=0)
     sample.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    pictured = sample.add_mutually_exclusive_group()
+    pictured.add_argument("--reconstruct", type=positive_int, metavar="N",
+                          help="N held-out examples above their reconstructions")
+    pictured.add_argument("--interpolate", type=non_negative_int, nargs=2, metavar=("A", "B"),
+                          help="walks from class A to class B: in the autoencoder's latent "
+                               "space, and in the generator's label embedding")
+    sample.add_argument("--steps", type=number(int, lambda v: v >= 2, "an integer >= 2"),
+                        default=10, metavar="K", help="--interpolate: points per walk "
+                                                      "(default 10)")
+    sample.add_argument("--rows", type=positive_int, default=8, metavar="R",
+                        help="--interpolate: walks, each from its own held-out pair "
+                             "(default 8)")
     sample.set_defaults(run=run_sample)
 
     evaluate = commands.add_parser("eval", help="a trained run's held-out metrics, as JSON")
@@ -306,6 +368,13 @@ def add_run_commands(commands) -> None:
     evaluate.add_argument("--seed", type=non_negative_int, default=0)
     evaluate.add_argument("--checkpoint", choices=("last", "best"), default="last")
     evaluate.set_defaults(run=run_eval)
+
+    reporting = commands.add_parser(
+        "report", help="draw a run's curves.png, reconstructions.png and interpolations.png "
+                       "again from its files, and print a summary")
+    reporting.add_argument("--run", type=Path, required=True, metavar="DIR", dest="run_dir")
+    reporting.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    reporting.set_defaults(run=run_report)
 
 
 def _commas(numbers: list[int]) -> str:

@@ -94,8 +94,13 @@ class _Conditioned(nn.Module):
         if labels is None:
             raise ValueError(f"labels: expected class indices in [0, {self.num_classes}) "
                              "for a conditional model, got None")
+        return self.forward_embedded(x, self.embed(labels).reshape(rows, -1))
+
+    def forward_embedded(self, x: Tensor, e: Tensor) -> Tensor:
+        """The conditioned forward from label embeddings `e` instead of labels: what walks
+        from one class's embedding to another's (fastgan/pictures.py)."""
         first = self.net[0]
-        e = self.embed(labels).to(x.dtype).reshape(rows, -1)
+        e = e.to(x.dtype)
         z = first(x) + F.linear(e, self.label_weight.to(x.dtype))
         h = activate(z, self.first_activation, first.negative_slope)
         return self.net[1:](h)

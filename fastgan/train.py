@@ -5,7 +5,15 @@
     <out>/checkpoints/last.pt  every --checkpoint-every steps and at the end
     <out>/checkpoints/best.pt  the evaluation with the lowest score
     <out>/samples/*.png        a sample grid per evaluation (one row per class)
-    <out>/summary.json         the final metrics and samples_per_s
+    <out>/summary.json         the final metrics, samples_per_s and seconds_to
+    <out>/curves.png           losses, samples/s and the evaluations (fastgan/curves.py),
+                               redrawn at each evaluation (the last is at the last step)
+    <out>/reconstructions.png  at the end: the autoencoder's pictures (fastgan/pictures.py)
+    <out>/interpolations.png
+    <out>/tb/                  with --tensorboard: TensorBoard event files (fastgan/board.py)
+
+Every metrics.jsonl line has `time`: wall seconds since the run started, counted on across
+--resume (checkpoints hold it), so quality can be read against the clock.
 
 Losses stay on the device between log intervals: the loop syncs with it only to log.
 samples_per_s counts training samples over the steady-state log windows: each phase's first
@@ -22,13 +30,14 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from fastgan import checkpoint, faults
+from fastgan import board, checkpoint, curves, faults
 from fastgan import config as cfg
 from fastgan.api import Run
 from fastgan.data import Dataset, load_dataset
@@ -37,10 +46,12 @@ from fastgan.distributed import World, join
 from fastgan.evaluate import Evaluator
 from fastgan.files import atomic_write, remove_unfinished, write_json
 from fastgan.images import write_png
+from fastgan.pictures import write_run_pictures
 from fastgan.samples import picture
 from fastgan.step import Training
 
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "samples")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "samples",
+             "curves.png", "reconstructions.png", "interpolations.png", "tb")
 # Settings a resumed run may change: they don't alter what the steps compute.
 RESUMABLE_CHANGES = {"steps", "epochs", "log_every", "eval_every", "checkpoint_every",
                      "device", "samples_per_class", "compile", "cuda_graphs", "engine",
@@ -119,10 +130,17 @@ def keep_log_until(path: Path, step: int) -> None:
         file.write("".join(kept).encode())
 
 
+# summary.json's seconds_to: the first evaluation reaching each cond_accuracy
+ACCURACY_LEVELS = (0.9, 0.95, 0.98)
+
+
 class Loop:
     def __init__(self, config: cfg.TrainConfig, data: Dataset, out: Path,
-                 state: dict | None, world: World | None = None):
+                 state: dict | None, world: World | None = None, started: float | None = None,
+                 tensorboard: bool = False):
         self.config, self.out, self.data = config, out, data
+        self.started = time.perf_counter() if started is None else started
+        self.time_before = 0.0  # wall seconds of the runs this one resumes
         self.world = world or World()
         self.device = data.x.device
         self.training = Training(config, data, self.device, self.world)
@@ -137,17 +155,26 @@ class Loop:
                 raise checkpoint.CheckpointError(
                     f"{self.last}: does not fit this run's models and data ({reason})") from None
             self.best, self.saved_step = state["best"], state["step"]
+            self.time_before = state.get("time", 0.0)  # checkpoints before `time` lack it
         self.watched = faults.watched_tensors(self.training.models.values())
         self.run = Run(config, data.info(), self.training.models)
+        self.board = None
+        self.skipped_plot = False  # said once that there is no matplotlib for curves.png
         if self.world.is_main:
             keep_log_until(out / "metrics.jsonl", self.training.step)
             self.evaluator = Evaluator(data, config)
+            if tensorboard:
+                self.board = board.Board(out / "tb", self.saved_step)
         self.steady_seconds = {"ae": 0.0, "gan": 0.0}
         self.steady_samples = {"ae": 0, "gan": 0}
 
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far, its resumed parts included."""
+        return self.time_before + time.perf_counter() - self.started
+
     def state(self) -> dict:
         return {"config": cfg.to_dict(self.config), "data": self.run.data_info,
-                "best": self.best, **self.training.state_dict()}
+                "best": self.best, "time": self.elapsed(), **self.training.state_dict()}
 
     def save_last(self) -> None:
         checkpoint.save(self.state(), self.last)
@@ -163,24 +190,49 @@ class Loop:
         raise stop.stopped(self.training.step, self.out)
 
     def log(self, record: dict) -> None:
+        record = {**record, "time": round(self.elapsed(), 3)}
         with open(self.out / "metrics.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.scalars(record)
+
+    def draw_curves(self) -> bool:
+        """curves.png from the whole log; without matplotlib, say so once and go on."""
+        path = self.out / "curves.png"
+        drawn = curves.draw(read_log(self.out / "metrics.jsonl"), path)
+        if not drawn and not self.skipped_plot:
+            tqdm.write(curves.NO_PLOT, file=sys.stderr)
+            self.skipped_plot = True
+        return drawn
+
+    def write_pictures(self) -> None:
+        """reconstructions.png and interpolations.png of the finished run."""
+        with evaluating(self.training.models):
+            write_run_pictures(self.run, self.data, self.out, self.config.seed)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
     def evaluate(self, phase: str) -> dict:
         """Metrics after a step of `phase`, a sample grid, and best.pt when the score
         improved."""
         step, gan = self.training.step, phase == "gan"
-        for module in self.training.models.values():
-            module.eval()
         run = self.run if gan else without_generator(self.run)
-        evaluated = self.evaluator(run, seed=self.config.seed)
-        image = picture(run, self.data, self.config.samples_per_class,
-                        torch.Generator(self.device).manual_seed(self.config.seed))
-        for module in self.training.models.values():
-            module.train()
+        with evaluating(self.training.models):
+            evaluated = self.evaluator(run, seed=self.config.seed)
+            image = picture(run, self.data, self.config.samples_per_class,
+                            torch.Generator(self.device).manual_seed(self.config.seed))
         if image is not None:
             write_png(self.out / "samples" / f"step-{step:06d}.png", image)
         self.log({"step": step, "phase": phase, "eval": evaluated})
+        drawn = self.draw_curves()
+        if self.board is not None:
+            if image is not None:
+                self.board.image("samples", image, step)
+            if drawn:
+                self.board.png("curves", self.out / "curves.png", step)
+            self.board.flush()
         final_kind = gan or self.config.mode == "ae"
         if final_kind and evaluated["score"] < self.best:
             self.best = evaluated["score"]
@@ -248,6 +300,18 @@ class Loop:
                 for phase, seconds in self.steady_seconds.items() if seconds > 0}
 
 
+@contextmanager
+def evaluating(models: dict[str, torch.nn.Module]):
+    """The models in eval mode, back in training mode after."""
+    for module in models.values():
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in models.values():
+            module.train()
+
+
 def without_generator(run: Run) -> Run:
     """The run as the autoencoder phase sees it: no generator to evaluate yet."""
     models = {k: v for k, v in run.models.items() if k == "autoencoder"}
@@ -255,20 +319,21 @@ def without_generator(run: Run) -> Run:
 
 
 def train(config: cfg.TrainConfig, out: Path | None = None, resume: bool = False,
-          overwrite: bool = False) -> dict:
-    """Train one run into `out` and return its summary (also written to summary.json)."""
+          overwrite: bool = False, tensorboard: bool = False) -> dict:
+    """Train one run into `out` and return its summary (also written to summary.json);
+    `tensorboard` also writes TensorBoard event files under <out>/tb/."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     world, device = join(device, config.cuda_graphs)
     try:
-        return _train(config, out, resume, overwrite, device, world, started)
+        return _train(config, out, resume, overwrite, device, world, started, tensorboard)
     finally:
         world.close()
 
 
 def _train(config: cfg.TrainConfig, out: Path | None, resume: bool, overwrite: bool,
-           device: torch.device, world: World, started: float) -> dict:
+           device: torch.device, world: World, started: float, tensorboard: bool) -> dict:
     config = world.rank0_then_all(lambda: config)  # each rank read its own disk: rank 0's
     data = load_dataset(config.dataset, config.data_dir and Path(config.data_dir),
                         seed=config.seed)
@@ -277,8 +342,9 @@ def _train(config: cfg.TrainConfig, out: Path | None, resume: bool, overwrite: b
     check_fits(data, device)
     out = out or default_out(config)
     out = world.rank0_then_all(lambda: out)  # default_out's time stamp: rank 0's
-    state = world.rank0_then_all(lambda: _start_out(config, out, resume, overwrite))
-    loop = Loop(config, data.to(device), out, state, world)
+    state = world.rank0_then_all(
+        lambda: _start_out(config, out, resume, overwrite, tensorboard))
+    loop = Loop(config, data.to(device), out, state, world, started, tensorboard)
     world.rank0_then_all(lambda: _write_config(loop))
     try:
         with faults.StopRequests() as stop:
@@ -289,11 +355,14 @@ def _train(config: cfg.TrainConfig, out: Path | None, resume: bool, overwrite: b
     except OSError as error:  # a full disk, mostly: the atomic writes kept the old files
         raise faults.write_failed(error, out, loop.training.step, loop.last,
                                   loop.saved_step) from error
+    finally:
+        loop.close()
 
 
 def finish(loop: Loop, final: dict, device: torch.device, name: str, started: float) -> dict:
-    """Write summary.json and return it, with the run's directory."""
+    """Write the pictures and summary.json; return the summary, with the run's directory."""
     config, out = loop.config, loop.out
+    loop.write_pictures()
     rates = loop.samples_per_s()
     steady = sum(loop.steady_seconds.values())
     summary = {
@@ -305,13 +374,44 @@ def finish(loop: Loop, final: dict, device: torch.device, name: str, started: fl
         "samples_per_s_by_phase": rates,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
+    reached = seconds_to(read_log(out / "metrics.jsonl"))
+    if reached is not None:
+        summary["seconds_to"] = reached
     write_json(out / "summary.json", summary)
     return {**summary, "out": str(out)}
 
 
-def _start_out(config: cfg.TrainConfig, out: Path, resume: bool, overwrite: bool
-               ) -> dict | None:
+def read_log(path: Path) -> list[dict]:
+    """metrics.jsonl's records, in order; a line cut short by a kill is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def seconds_to(records: list[dict]) -> dict | None:
+    """For each of ACCURACY_LEVELS, the first evaluation whose cond_accuracy reaches it, as
+    {"seconds", "step"} (None while not reached); None for runs that report no
+    cond_accuracy (no labels, 2-D mixtures, the autoencoder alone)."""
+    evaluations = [r for r in records if "cond_accuracy" in r.get("eval", {})]
+    if not evaluations:
+        return None
+    reached = {}
+    for level in ACCURACY_LEVELS:
+        first = next((r for r in evaluations if r["eval"]["cond_accuracy"] >= level), None)
+        reached[str(level)] = None if first is None else {"seconds": first.get("time"),
+                                                          "step": first["step"]}
+    return reached
+
+
+def _start_out(config: cfg.TrainConfig, out: Path, resume: bool, overwrite: bool,
+               tensorboard: bool) -> dict | None:
     """Rank 0's part of starting: `out` made ready, the checkpoint to resume checked."""
+    if tensorboard:
+        board.require()  # before any file is touched
     state = prepare_out(out, resume, overwrite)
     if state is not None:
         check_resumable(state["config"], config, out / "checkpoints" / "last.pt")

@@ -124,7 +124,8 @@ def test_rank_0_alone_writes_files_and_reports(runs):
     root, _, double = runs
     out = root / "double"
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "summary.json",
-                                              "checkpoints", "samples"}
+                                              "checkpoints", "samples", "curves.png",
+                                              "reconstructions.png", "interpolations.png"}
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "step-000012.png", "step-000024.png"]

@@ -15,6 +15,7 @@ from fastgan.config import TrainConfig
 from fastgan.data import load_dataset
 from fastgan.devices import SetupError, check_fits
 from fastgan.step import GanData, Training
+from fastgan.train import seconds_to
 
 TINY = ["--steps", "24", "--batch-size", "16", "--log-every", "4", "--eval-every", "12",
         "--checkpoint-every", "8"]
@@ -55,8 +56,12 @@ def test_each_mode_on_mnist_writes_a_complete_run(tmp_path, mode):
     out = tmp_path / "run"
     summary = train(out, "--mode", mode, "--ae-steps", "12")
 
+    pictures = {"ae": {"reconstructions.png", "interpolations.png"},
+                "cgan": {"interpolations.png"}}.get(mode, {"reconstructions.png",
+                                                          "interpolations.png"})
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "summary.json",
-                                              "checkpoints", "samples"}
+                                              "checkpoints", "samples", "curves.png",
+                                              *pictures}
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "step-000012.png", "step-000024.png"]
@@ -91,6 +96,9 @@ def test_unconditional_and_the_toy_mixtures(tmp_path):
 
     summary = train(tmp_path / "ring", "--dataset", "ring")
     assert summary["metrics"]["modes_total"] == 8
+    # 2-D data: the generator's label walks as a scatter plot; no autoencoder to picture
+    assert (tmp_path / "ring" / "interpolations.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "ring" / "reconstructions.png").exists()
     assert fg.load(tmp_path / "ring").sample(5, labels=3).shape == (5, 2)
 
 
@@ -133,6 +141,46 @@ def test_resume_continues_bit_exactly(tmp_path):
     whole_losses, split_losses = losses("whole"), losses("split")
     assert set(whole_losses) <= set(split_losses)  # the split run also logged its step 15
     assert whole_losses == {step: split_losses[step] for step in whole_losses}
+
+
+def log_lines(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_log_line_has_the_time_and_resume_continues_it(tmp_path):
+    out = tmp_path / "run"
+    train(out, "--mode", "ae", "--steps", "16")
+    first = log_lines(out)
+    times = [line["time"] for line in first]
+    assert all(t > 0 for t in times) and times == sorted(times)
+    saved = checkpoint.load(out / "checkpoints" / "last.pt")["time"]
+    assert saved >= times[-1]
+
+    assert main(["train", "--out", str(out), "--resume", "--steps", "24"]) == 0
+    resumed = [line for line in log_lines(out) if line["step"] > 16]
+    assert resumed and min(line["time"] for line in resumed) > saved
+    assert checkpoint.load(out / "checkpoints" / "last.pt")["time"] > saved
+
+
+def test_seconds_to_is_the_first_evaluation_reaching_each_accuracy():
+    def evaluation(step, accuracy):
+        return {"step": step, "phase": "gan", "eval": {"cond_accuracy": accuracy},
+                "time": step / 10}
+
+    records = [{"step": 1, "phase": "gan", "loss_d": 1.0, "time": 0.1},
+               evaluation(10, 0.5), evaluation(20, 0.93), evaluation(30, 0.96),
+               evaluation(40, 0.92), evaluation(50, 0.97)]
+    assert seconds_to(records) == {"0.9": {"seconds": 2.0, "step": 20},
+                                   "0.95": {"seconds": 3.0, "step": 30}, "0.98": None}
+    assert seconds_to([{"step": 10, "phase": "ae", "eval": {"recon_mse": 0.1}}]) is None
+
+
+def test_summary_has_seconds_to_on_labeled_images_only(tmp_path):
+    summary = train(tmp_path / "mnist", "--ae-steps", "12")
+    assert set(summary["seconds_to"]) == {"0.9", "0.95", "0.98"}
+    for reached in summary["seconds_to"].values():  # 12 GAN steps reach none, or in time
+        assert reached is None or (reached["seconds"] > 0 and reached["step"] > 12)
+    assert "seconds_to" not in train(tmp_path / "ring", "--dataset", "ring")
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):

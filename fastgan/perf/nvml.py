@@ -144,7 +144,7 @@ def write_samples_csv(samples: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The timeline plot (matplotlib, the optional "plot" extra)
+# The timeline plot (matplotlib)
 
 PANELS = [  # (title, columns, unit)
     ("utilization", ("sm_util_pct", "mem_util_pct"), "%"),
@@ -164,7 +164,7 @@ def plot_samples(samples: list[dict], path: Path) -> str | None:
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (pip install 'fastgan[plot]')"
+        return "matplotlib is not installed (pip install matplotlib)"
     if not samples:
         return "no NVML samples to plot"
     times = [row["time_s"] for row in samples]
