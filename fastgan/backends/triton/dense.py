@@ -121,9 +121,9 @@ def dense_fwd_kernel(
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
     if SAVE_PREACT:
-        tl.store(preact_ptr + offsets, acc.to(preact_ptr.dtype.element_ty), mask=mask)
+        tl.store(preact_ptr + offsets, _math.cast(acc, preact_ptr.dtype.element_ty), mask=mask)
     out = _activate(acc, ACT, NEGATIVE_SLOPE)
-    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offsets, _math.cast(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -160,8 +160,8 @@ def dense_dx_kernel(
                       NEGATIVE_SLOPE, ACT, ACC_DTYPE)
         w = tl.load(w_ptr + n[:, None] * stride_wn + rk[None, :] * stride_wk,
                     mask=(n[:, None] < N) & (rk[None, :] < K), other=0.0)
-        acc = _dot(dz.to(w.dtype), w, acc, INPUT_PRECISION, INTERPRETED)
-    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
+        acc = _dot(_math.cast(dz, w.dtype), w, acc, INPUT_PRECISION, INTERPRETED)
+    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], _math.cast(acc, dx_ptr.dtype.element_ty),
              mask=(rm[:, None] < M) & (rk[None, :] < K))
 
 
@@ -196,16 +196,17 @@ def dense_dw_kernel(
         if NEED_DW:
             x = tl.load(x_ptr + m[:, None] * stride_xm + rk[None, :] * stride_xk,
                         mask=(m[:, None] < m_end) & (rk[None, :] < K), other=0.0)
-            acc = _dot(dz_t.to(x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
+            acc = _dot(_math.cast(dz_t, x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
         if NEED_DB:
             db += tl.sum(dz_t, axis=1)
     if NEED_DW:
         tl.store(dw_ptr + split * N * K + rn[:, None] * K + rk[None, :],
-                 acc.to(dw_ptr.dtype.element_ty), mask=(rn[:, None] < N) & (rk[None, :] < K))
+                 _math.cast(acc, dw_ptr.dtype.element_ty),
+                 mask=(rn[:, None] < N) & (rk[None, :] < K))
     if NEED_DB:
         # Every K-tile computes the same column sums; the first one writes them.
         if pid_k == 0:
-            tl.store(db_ptr + split * N + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
+            tl.store(db_ptr + split * N + rn, _math.cast(db, db_ptr.dtype.element_ty), mask=rn < N)
 
 
 # ---------------------------------------------------------------------------------------
