@@ -75,8 +75,11 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
         # in fp32 the products are exact, so the test still checks the kernel's logic.
         a = a.to(acc.dtype)
         b = b.to(acc.dtype)
-    if a.dtype == tl.float64 and not FP64_DOT:
-        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    # Two ifs, not one `and`: compiled triton 3.2 cannot `and` a Python bool (the dtype
+    # test) with a constexpr; the interpreter can, so only the compile check saw it.
+    if a.dtype == tl.float64:
+        if not FP64_DOT:
+            return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     # out_dtype named: triton 3.6 checks a given acc against it, and it defaults to fp32.
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
 
@@ -311,12 +314,20 @@ def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, n
 
 
 def m_splits(rows: int, tiles: int, device: torch.device) -> int:
-    """How many row ranges the weight-gradient kernel splits the batch into: enough to
-    give every SM about two programs, with at least 1024 rows each."""
+    """How many row ranges the weight-gradient kernel splits the batch into on `device`
+    (splits_for); one off CUDA."""
     if device.type != "cuda" or rows < 4096:
         return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(2 * _sm_count(index) // tiles, rows // 1024))
+    return splits_for(rows, tiles, _sm_count(index))
+
+
+def splits_for(rows: int, tiles: int, sm_count: int) -> int:
+    """Enough row ranges to give every SM about two programs, with at least 1024 rows each
+    (none below 4096 rows)."""
+    if rows < 4096:
+        return 1
+    return max(1, min(2 * sm_count // tiles, rows // 1024))
 
 
 @functools.cache
