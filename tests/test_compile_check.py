@@ -41,8 +41,7 @@ from fastgan.perf import compile_check
 with compile_check.recording(90) as (found, errors, context):
     context.update(dtype="bfloat16", activation=None, launch="test")
     gan_loss_fwd(torch.empty(64, dtype=torch.bfloat16), 1.0, None, 0.0, True, False)
-[(name, _, constexprs, compiled)] = found.values()
-usage = compile_check.ptxas_usage(compiled.asm["ptx"], 90)
+[(name, _, constexprs, compiled, usage)] = found.values()
 print(name, constexprs["NEED_GA"], usage["registers"] > 0, errors)
 """
 

@@ -8,9 +8,10 @@ empty CPU tensors shaped as the default models' layers and losses, with each ker
 by a recorder that compiles what the launcher asks for (JITFunction.warmup: Triton's own
 specialization on dtypes, alignment and sizes) and launches nothing. A stand-in driver
 answers the questions Triton asks a driver before compiling (the current device, stream
-and target: GPUTarget("cuda", arch, 32)); ptxas, the one shipped with triton for that
-target, builds every kernel and, run again with -v on the kernel's PTX, reports its
-registers, spills and static shared memory.
+and target: GPUTarget("cuda", arch, 32)). ptxas, the one shipped with triton for that target,
+builds every kernel with triton's flags; its -v log, which triton discards (its backend's
+subprocess module is swapped for one that keeps it), gives the registers, spills and static
+shared memory. Each kernel is compiled afresh, in a temporary triton cache.
 
 This proves that the kernels build for those GPUs, and how many registers and how much
 shared memory they take there. It proves nothing about their speed or their results on the
@@ -69,23 +70,46 @@ class StandInDriver:
         return True
 
 
+class PtxasLogs:
+    """Stands in for the subprocess module in triton's NVIDIA backend: runs ptxas as triton
+    asks (its flags, its -v) and keeps the log that triton itself throws away."""
+
+    def __init__(self):
+        self.last: str | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    def run(self, command, *args, **kwargs):
+        result = subprocess.run(command, *args, **kwargs)
+        log = kwargs.get("stderr")
+        if "-v" in command and hasattr(log, "name"):
+            self.last = Path(log.name).read_text()
+        return result
+
+
 class Recorder:
     """Stands in for one kernel in its module: kernel[grid](...) compiles the launch's
-    specialization and keeps the compiled kernel (or the error) with what launched it."""
+    specialization and keeps the compiled kernel and its ptxas usage (or the error) with
+    what launched it."""
 
-    def __init__(self, kernel, found: dict, errors: list, context: dict):
+    def __init__(self, kernel, found: dict, errors: list, context: dict, logs: PtxasLogs):
         self.kernel, self.found, self.errors, self.context = kernel, found, errors, context
+        self.logs = logs
 
     def __getitem__(self, grid):
         return functools.partial(self._compile, grid)
 
     def _compile(self, grid, *args, **kwargs) -> None:
         name = self.kernel.fn.__name__
+        self.logs.last = None
         try:
             compiled = self.kernel.warmup(*args, grid=grid, **kwargs)
         except Exception as error:  # a compile error: recorded, and the check goes on
             self.errors.append({"kernel": name, **self.context,
                                 "error": " ".join(str(error).split())[:2000]})
+            return
+        if compiled.hash in self.found:  # an earlier launch's specialization
             return
         constexprs = {p.name: _plain(kwargs[p.name]) for p in self.kernel.params
                       if p.is_constexpr and p.name in kwargs}
@@ -93,8 +117,8 @@ class Recorder:
         positional = zip(self.kernel.params, args, strict=False)  # the constexprs come named
         pointers = {p.name: _name(arg.dtype) for p, arg in positional
                     if isinstance(arg, torch.Tensor)}
-        self.found.setdefault(compiled.hash, (name, {**self.context, "pointers": pointers},
-                                              constexprs, compiled))
+        self.found[compiled.hash] = (name, {**self.context, "pointers": pointers}, constexprs,
+                                     compiled, ptxas_usage(self.logs.last or ""))
 
 
 def _plain(value):
@@ -191,11 +215,12 @@ def _name(dtype: torch.dtype) -> str:
 def recording(arch: int) -> Iterator[tuple[dict, list, dict]]:
     """The stand-in driver for `arch`, every fastgan kernel replaced by a Recorder, and the
     split dw path sized for that GPU's SMs; all undone on exit."""
+    from triton.backends.nvidia import compiler
     from triton.runtime.driver import driver
 
     from fastgan.backends.triton import dense, gan_loss, pointwise_loss
 
-    found, errors, context = {}, [], {}
+    found, errors, context, logs = {}, [], {}, PtxasLogs()
     kernels = [(dense, "dense_fwd_kernel"), (dense, "dense_dx_kernel"),
                (dense, "dense_dw_kernel"), (gan_loss, "gan_loss_kernel"),
                (pointwise_loss, "pointwise_loss_kernel")]
@@ -205,9 +230,15 @@ def recording(arch: int) -> Iterator[tuple[dict, list, dict]]:
     # 3.9 keeps it in _active (None until made), 3.2 in active (a lazy proxy).
     previous = vars(driver).get("_active", vars(driver).get("active"))
     driver.set_active(StandInDriver(arch))
+    compiler.subprocess = logs
+    # Every kernel compiled afresh, so that ptxas runs and logs: no cache read or written.
+    saved_env = {name: os.environ.get(name) for name in ("TRITON_CACHE_DIR",
+                                                         "TRITON_ALWAYS_COMPILE")}
+    cache = tempfile.TemporaryDirectory(prefix="fastgan-compile-check-")
+    os.environ.update(TRITON_CACHE_DIR=cache.name, TRITON_ALWAYS_COMPILE="1")
     try:
         for (module, name), kernel in zip(kernels, originals, strict=True):
-            setattr(module, name, Recorder(kernel, found, errors, context))
+            setattr(module, name, Recorder(kernel, found, errors, context, logs))
         dense.m_splits = lambda rows, tiles, device: dense.splits_for(rows, tiles,
                                                                       SM_COUNT[arch])
         yield found, errors, context
@@ -216,6 +247,13 @@ def recording(arch: int) -> Iterator[tuple[dict, list, dict]]:
             setattr(module, name, kernel)
         dense.m_splits = m_splits
         driver.set_active(previous)
+        compiler.subprocess = subprocess
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        cache.cleanup()
 
 
 def ptxas_path(arch: int) -> str:
@@ -254,25 +292,19 @@ def gpu_name(arch: int) -> str:
     return f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
 
 
-def ptxas_usage(ptx: str, arch: int) -> dict:
-    """Registers, spill stores and loads (bytes), stack frame and static shared memory of
-    the one kernel in `ptx`, from `ptxas -v`."""
-    with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "kernel.ptx"
-        source.write_text(ptx)
-        log = subprocess.run([ptxas_path(arch), "-v", f"--gpu-name={gpu_name(arch)}",
-                              str(source), "-o", str(Path(folder) / "kernel.cubin")],
-                             capture_output=True, text=True, check=True).stderr
+def ptxas_usage(log: str) -> dict:
+    """Registers, spill stores and loads (bytes), stack frame and static shared memory, from
+    the `ptxas -v` log of one kernel's compile."""
 
-    def number(pattern: str) -> int:
+    def number(pattern: str) -> int | None:
         match = re.search(pattern, log)
-        return int(match.group(1)) if match else 0
+        return int(match.group(1)) if match else None
 
     return {"registers": number(r"Used (\d+) registers"),
             "spill_stores": number(r"(\d+) bytes spill stores"),
             "spill_loads": number(r"(\d+) bytes spill loads"),
             "stack_frame": number(r"(\d+) bytes stack frame"),
-            "static_smem": number(r"(\d+) bytes smem")}
+            "static_smem": number(r"(\d+) bytes smem") or 0}
 
 
 def check(arch: int) -> dict:
@@ -283,8 +315,7 @@ def check(arch: int) -> dict:
         launches = sum(1 for _ in dense_launches(context)) + sum(
             1 for _ in loss_launches(context))
     rows = []
-    for name, launched, constexprs, compiled in found.values():
-        usage = ptxas_usage(compiled.asm["ptx"], arch)
+    for name, launched, constexprs, compiled, usage in found.values():
         rows.append({"kernel": name, "dtype": launched["dtype"],
                      "activation": launched["activation"], "first_launch": launched["launch"],
                      "pointers": launched["pointers"], "constexprs": constexprs, **usage,
@@ -294,18 +325,20 @@ def check(arch: int) -> dict:
                      "num_stages": compiled.metadata.num_stages})
     rows.sort(key=specialization)
     spills = [row for row in rows if row["spill_stores"] or row["spill_loads"]]
+    unread = [_row_name(row) for row in rows if row["registers"] is None]
     version = subprocess.run([ptxas_path(arch), "--version"], capture_output=True,
                              text=True).stdout.strip().splitlines()[-1]
     return {
         "target": f"cuda {gpu_name(arch)} (GPUTarget('cuda', {arch}, 32))",
         "triton": triton.__version__, "torch": torch.__version__, "ptxas": version,
         "what": "every Triton kernel specialization fastgan's ops launch, compiled (not run) "
-                "for this target: registers, spills and static shared memory from ptxas -v, "
+                "for this target: registers, spills and static shared memory from the log of "
+                "the ptxas -v triton runs, "
                 "shared_memory the dynamic shared memory Triton requests at launch (bytes)",
         "layer_shapes": layer_shapes(), "batches": list(BATCHES), "sm_count": SM_COUNT[arch],
         "launches": launches, "kernels_compiled": len(rows), "compile_errors": errors,
         "spilling": [_row_name(row) for row in spills],
-        "failures": failures(errors, spills),
+        "failures": failures(errors, spills) + [f"no ptxas log: {name}" for name in unread],
         "kernels": rows,
     }
 
