@@ -242,8 +242,15 @@ def _tiles(m: int, n: int, k: int):
 
 
 def _launch_kw(dtype: torch.dtype) -> dict:
-    return {"num_warps": 4, "num_stages": 3 if dtype != torch.float64 else 1,
-            "INTERPRETED": TRITON_INTERPRET}
+    # Below fp64, 8 warps with a budget of 160 registers each: with 4 warps ptxas spilled in
+    # fp32, bf16 and fp16 kernels on sm_80 and sm_90 (up to 348 bytes in fp32's dx on
+    # sm_80); left to itself at 8 it kept to 64-96 registers and spilled a few bytes, and a
+    # budget of 128 (two programs per SM) spilled up to 140 on sm_80. From compiles alone
+    # (python -m fastgan.perf.compile_check; profiles/kernels-sm*.json): their speed on
+    # hardware, at one program of 8 warps per SM, is not measured yet.
+    if dtype == torch.float64:
+        return {"num_warps": 4, "num_stages": 1, "INTERPRETED": TRITON_INTERPRET}
+    return {"num_warps": 8, "num_stages": 3, "maxnreg": 160, "INTERPRETED": TRITON_INTERPRET}
 
 
 def dense_fwd(x, weight, bias, activation, negative_slope, save_preact):
