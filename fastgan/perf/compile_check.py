@@ -66,9 +66,6 @@ class StandInDriver:
     def get_current_target(self):
         return self.target
 
-    def is_active(self) -> bool:
-        return True
-
 
 class PtxasLogs:
     """Stands in for the subprocess module in triton's NVIDIA backend: runs ptxas as triton
@@ -106,8 +103,7 @@ class Recorder:
         try:
             compiled = self.kernel.warmup(*args, grid=grid, **kwargs)
         except Exception as error:  # a compile error: recorded, and the check goes on
-            self.errors.append({"kernel": name, **self.context,
-                                "error": " ".join(str(error).split())[:2000]})
+            self.errors.append({"kernel": name, **self.context, "error": _message(error)})
             return
         if compiled.hash in self.found:  # an earlier launch's specialization
             return
@@ -119,6 +115,12 @@ class Recorder:
                     if isinstance(arg, torch.Tensor)}
         self.found[compiled.hash] = (name, {**self.context, "pointers": pointers}, constexprs,
                                      compiled, ptxas_usage(self.logs.last or ""))
+
+
+def _message(error: Exception) -> str:
+    # Triton's CompilationError says where (the source); its cause says what went wrong.
+    cause = f"{error.__cause__!r} " if error.__cause__ else ""
+    return " ".join(f"{cause}{error}".split())[:2000]
 
 
 def _plain(value):
@@ -215,7 +217,7 @@ def _name(dtype: torch.dtype) -> str:
 def recording(arch: int) -> Iterator[tuple[dict, list, dict]]:
     """The stand-in driver for `arch`, every fastgan kernel replaced by a Recorder, and the
     split dw path sized for that GPU's SMs; all undone on exit."""
-    from triton.backends.nvidia import compiler
+    from triton.backends import backends
     from triton.runtime.driver import driver
 
     from fastgan.backends.triton import dense, gan_loss, pointwise_loss
@@ -230,7 +232,10 @@ def recording(arch: int) -> Iterator[tuple[dict, list, dict]]:
     # 3.9 keeps it in _active (None until made), 3.2 in active (a lazy proxy).
     previous = vars(driver).get("_active", vars(driver).get("active"))
     driver.set_active(StandInDriver(arch))
-    compiler.subprocess = logs
+    # The globals of the module triton's NVIDIA backend runs in (triton 3.2 loads it under
+    # another name than triton.backends.nvidia.compiler).
+    backend_globals = backends["nvidia"].compiler.make_cubin.__globals__
+    backend_globals["subprocess"] = logs
     # Every kernel compiled afresh, so that ptxas runs and logs: no cache read or written.
     saved_env = {name: os.environ.get(name) for name in ("TRITON_CACHE_DIR",
                                                          "TRITON_ALWAYS_COMPILE")}
@@ -247,7 +252,7 @@ def recording(arch: int) -> Iterator[tuple[dict, list, dict]]:
             setattr(module, name, kernel)
         dense.m_splits = m_splits
         driver.set_active(previous)
-        compiler.subprocess = subprocess
+        backend_globals["subprocess"] = subprocess
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

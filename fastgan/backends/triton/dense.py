@@ -75,13 +75,18 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
         # in fp32 the products are exact, so the test still checks the kernel's logic.
         a = a.to(acc.dtype)
         b = b.to(acc.dtype)
-    # Two ifs, not one `and`: compiled triton 3.2 cannot `and` a Python bool (the dtype
-    # test) with a constexpr; the interpreter can, so only the compile check saw it.
+    # Nested ifs and one return: compiled triton 3.2 cannot `and` a Python bool (the dtype
+    # test) with a constexpr, and compiles what follows a return in a static if (there a
+    # tl.dot of fp64 tiles, which it refuses); its interpreter does neither, so only the
+    # compile check saw it. out_dtype named: triton 3.6 checks a given acc against it.
     if a.dtype == tl.float64:
-        if not FP64_DOT:
-            return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    # out_dtype named: triton 3.6 checks a given acc against it, and it defaults to fp32.
-    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+        if FP64_DOT:
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+        else:
+            acc = acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    return acc
 
 
 @triton.jit
