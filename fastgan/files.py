@@ -10,8 +10,15 @@ from typing import BinaryIO
 
 
 def cache_dir() -> Path:
-    """$FASTGAN_CACHE_DIR, default ~/.cache/fastgan: the C++ build and trained classifiers."""
+    """$FASTGAN_CACHE_DIR, default ~/.cache/fastgan: measured peaks, trained classifiers and
+    (unless $FASTGAN_BUILD_DIR says otherwise) the C++ build."""
     return Path(os.environ.get("FASTGAN_CACHE_DIR") or Path.home() / ".cache" / "fastgan")
+
+
+def build_dir() -> Path:
+    """$FASTGAN_BUILD_DIR, default cache_dir(): where the C++ kernels are built. Apart, so that
+    the tests can keep a throwaway cache while reusing the (minute-long) C++ build."""
+    return Path(os.environ.get("FASTGAN_BUILD_DIR") or cache_dir())
 
 
 @contextmanager

@@ -8,7 +8,33 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+from fastgan import files  # noqa: E402
+
+# The suite never writes the user's cache (peaks measured on a busy test machine would be
+# read back by every later profile): the session gets a throwaway FASTGAN_CACHE_DIR. The C++
+# build stays where the user's is: a build is keyed by its sources and flags, so sharing it
+# is safe, and rebuilding it would cost every session a minute or two.
+USER_CACHE_DIR = files.cache_dir()
+os.environ.setdefault("FASTGAN_BUILD_DIR", str(files.build_dir()))
+SESSION_CACHE_DIR = Path(tempfile.mkdtemp(prefix="fastgan-test-cache-"))
+os.environ["FASTGAN_CACHE_DIR"] = str(SESSION_CACHE_DIR)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_CACHE_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def user_cache_dir() -> Path:
+    """The FASTGAN_CACHE_DIR the suite was started with (default ~/.cache/fastgan)."""
+    return USER_CACHE_DIR
+
 
 BACKENDS = ("torch", "cpp", "triton")
 

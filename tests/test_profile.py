@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fastgan import files
 from fastgan.cli import main
 from fastgan.nn import FusedLinear
-from fastgan.perf import nvml, roofline, trace
+from fastgan.perf import bench_step, nvml, roofline, trace
 
 # ---------------------------------------------------------------------------------------
 # The command
@@ -94,11 +95,16 @@ def test_floor_arithmetic():
         8 * 33 * 4 + 4 * 8 + 3 * 33 * 4)
 
 
+def _small_peaks(monkeypatch):
+    """Peak measurements of a few milliseconds."""
+    monkeypatch.setattr(roofline, "MATMUL_SIZES", {"cpu": (32, 64)})
+    monkeypatch.setattr(roofline, "COPY_ELEMENTS", {"cpu": 2**16})
+    monkeypatch.setattr(roofline, "PEAK_BUDGET_MS", {"cpu": 5.0})
+
+
 def test_peaks_are_cached_until_refreshed(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTGAN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(roofline, "MATMUL_SIZE", {"cpu": 64})
-    monkeypatch.setattr(roofline, "COPY_ELEMENTS", {"cpu": 2**16})
-    monkeypatch.setattr(roofline, "REPEAT_MS", {"cpu": 5.0})
+    _small_peaks(monkeypatch)
     cpu = torch.device("cpu")
     first = roofline.measure_peaks(cpu)
     assert first.matmul_tflops["float32"] > 0 and first.copy_gbps > 0
@@ -108,6 +114,114 @@ def test_peaks_are_cached_until_refreshed(tmp_path, monkeypatch):
     monkeypatch.setattr(roofline, "_copy_gbps", lambda device: 1.5)
     assert roofline.measure_peaks(cpu).copy_gbps == first.copy_gbps
     assert roofline.measure_peaks(cpu, refresh=True).copy_gbps == 1.5
+
+
+def test_the_matmul_peak_is_the_best_size_up_to_a_long_call(monkeypatch):
+    call_ms = {32: 1e-4, 64: 0.5, 128: 1e-3}  # 64 is the first call of MATMUL_LONG_MS or more
+    monkeypatch.setattr(roofline, "MATMUL_SIZES", {"cpu": tuple(call_ms)})
+    monkeypatch.setattr(roofline, "MATMUL_LONG_MS", {"cpu": 0.2})
+    sizes = []
+
+    def best_ms(fn, device, repeats, budget_ms):
+        sizes.append(fn.args[0].shape[0])
+        return call_ms[sizes[-1]]
+
+    monkeypatch.setattr(roofline, "best_ms", best_ms)
+    tflops = {n: 2 * n**3 / (call_ms[n] * 1e-3) / 1e12 for n in (32, 64)}
+    assert roofline._matmul_tflops(torch.device("cpu"), torch.float32) == pytest.approx(
+        max(tflops.values()))
+    assert sizes == [32, 64]
+
+
+def test_the_suite_never_writes_the_users_cache(user_cache_dir, monkeypatch):
+    session = files.cache_dir()
+    assert session != user_cache_dir and session.name.startswith("fastgan-test-cache-")
+    user_peaks = user_cache_dir / "peaks"
+    before = {p: p.stat().st_mtime_ns for p in user_peaks.glob("*")}
+    _small_peaks(monkeypatch)
+    cpu = torch.device("cpu")
+    roofline.measure_peaks(cpu, refresh=True)
+    assert roofline.peaks_path(cpu).is_relative_to(session) and roofline.peaks_path(cpu).exists()
+    assert {p: p.stat().st_mtime_ns for p in user_peaks.glob("*")} == before
+    # The C++ build still goes where the user's does: rebuilding per session costs minutes.
+    assert files.build_dir() != session
+
+
+def _peaks(tflops: float, gbps: float = 1000.0) -> roofline.Peaks:
+    return roofline.Peaks("test", {"float32": tflops}, copy_gbps=gbps, graph_launch_s=None,
+                          torch="x", measured="now")
+
+
+def test_a_rate_beating_its_peak_measures_the_peaks_again(monkeypatch):
+    measured = []
+    monkeypatch.setattr(roofline, "measure_peaks",
+                        lambda device, refresh=False: measured.append(refresh) or _peaks(2.0))
+    beaten = lambda peaks: ["fast op"] if peaks.tflops() < 1.0 else []
+    cpu = torch.device("cpu")
+    good = _peaks(5.0)
+    assert roofline.recheck(cpu, good, beaten) == (good, []) and measured == []
+    peaks, still = roofline.recheck(cpu, _peaks(0.5), beaten)  # too low: measured again
+    assert (peaks.tflops(), still, measured) == (2.0, [], [True])
+    peaks, still = roofline.recheck(cpu, _peaks(0.5), lambda peaks: ["fast op"])
+    assert still == ["fast op"] and measured == [True, True]  # once, not again and again
+    line = roofline.unreliable_line(still)
+    assert "unreliable" in line and "fast op" in line and "\n" not in line
+    assert roofline.unreliable_line(list("abcde")).endswith("(a; b; c; 2 more), so figures "
+                                                            "against them are not shown")
+
+
+def _bench_rows(peaks: roofline.Peaks, *fastgan_ms: float) -> list[dict]:
+    """bench step's rows of a 1 GFLOP iteration that fastgan ran in `fastgan_ms`."""
+    rows = [{"mode": "ae", "batch": 64, "ms": {"fastgan": ms},
+             "samples_per_s": {"fastgan": 64 / ms * 1e3}, "fastgan_vs_eager": None,
+             "fastgan_vs_compile": None, "floor": bench_step._floor_of(10**9, 0, peaks, "fp32")}
+            for ms in fastgan_ms]
+    for row in rows:
+        row["fastgan_vs_floor"] = bench_step._vs_floor(row)
+    return rows
+
+
+def test_bench_step_says_the_peaks_are_unreliable_instead_of_c_floor_below_1(monkeypatch):
+    # At 1 TFLOP/s the floor is 1 ms: fastgan's 0.5 ms beats it, 10 ms does not.
+    report = {"precision": "fp32", "rows": _bench_rows(_peaks(1.0), 0.5, 10.0), "peaks": {}}
+    remeasured = []
+    monkeypatch.setattr(roofline, "measure_peaks",
+                        lambda device, refresh: remeasured.append(refresh) or _peaks(1.5))
+    bench_step.check_floors(report, torch.device("cpu"), _peaks(1.0))
+    assert remeasured == [True] and report["peaks"]["matmul_tflops"] == {"float32": 1.5}
+    rows = report["rows"]
+    assert [row["fastgan_vs_floor"] for row in rows] == [0.75, 15.0]  # from the new peaks
+    assert "c/floor 0.75x at ae b=64" in report["peaks_unreliable"]
+    table = bench_step._table(rows, ["fastgan"])
+    assert "0.8x" not in table and table.splitlines()[1].endswith("?")
+    assert table.splitlines()[2].endswith("15.0x")
+
+    # Peaks measured again at 3 TFLOP/s explain the 0.5 ms: no warning, c/floor from them.
+    report = {"precision": "fp32", "rows": _bench_rows(_peaks(1.0), 0.5), "peaks": {}}
+    monkeypatch.setattr(roofline, "measure_peaks", lambda device, refresh: _peaks(3.0))
+    bench_step.check_floors(report, torch.device("cpu"), _peaks(1.0))
+    assert report["peaks_unreliable"] is None and report["rows"][0]["fastgan_vs_floor"] == 1.5
+
+
+def test_the_profile_report_says_the_peaks_are_unreliable_instead_of_the_figures(
+        tmp_path, monkeypatch, capsys):
+    # Peaks far too low, measured again just as low: every figure against them beats them.
+    monkeypatch.setattr(roofline, "measure_peaks", lambda device, refresh=False: _peaks(1e-9, 1e-9))
+    out = tmp_path / "profile"
+    assert main(["profile", "--device", "cpu", "--batch-size", "32", "--steps", "2",
+                 "--warmup", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    line = summary["peaks_unreliable"]
+    assert "its floor" in line and "fused_dense forward at" in line
+    assert line in printed and "x the" not in printed
+    report = (out / "report.md").read_text()
+    assert report.count(line) == 1 and "more)" in line
+    assert "x its floor" not in report.replace(line, "")
+    assert "of the measured matmul peak" not in report
+    assert "| measured / floor | not shown: the peaks are unreliable |" in report
+    dense_row = next(row for row in report.splitlines() if row.startswith("| fused_dense forward"))
+    assert "%" not in dense_row and "?" in dense_row
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The fastgan/csrc/ C++ CPU kernels: built with torch.utils.cpp_extension on first use, then
 loaded as the torch.ops.fastgan_cpu operators.
 
-The build lands in $FASTGAN_CACHE_DIR (default ~/.cache/fastgan), in a folder keyed by the torch
-version, the machine and a hash of the source and flags, so an edit or a torch upgrade rebuilds
-and an unchanged setup loads the cached library. FASTGAN_NO_CPP=1 turns the kernels off.
+The build lands in $FASTGAN_BUILD_DIR (default $FASTGAN_CACHE_DIR, itself by default
+~/.cache/fastgan), in a folder keyed by the torch version, the machine and a hash of the
+source and flags, so an edit or a torch upgrade rebuilds and an unchanged setup loads the
+cached library. FASTGAN_NO_CPP=1 turns the kernels off.
 """
 
 import hashlib
@@ -19,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from fastgan.files import cache_dir
+from fastgan.files import build_dir
 
 NAME = "fastgan_cpu"
 # Package data (fastgan/csrc/), so every install, editable or not, carries the sources.
@@ -107,8 +108,7 @@ def _build_dir(source_text: str) -> Path:
     # The sources' folder too: each install (a checkout, a wheel) builds once into its own.
     key = "\0".join([source_text, str(CSRC), *CFLAGS, *LDFLAGS, cpu, sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = cache_dir()
-    return root / f"{NAME}-torch{torch.__version__}-{digest}"
+    return build_dir() / f"{NAME}-torch{torch.__version__}-{digest}"
 
 
 def _build_and_load() -> None:

@@ -237,15 +237,55 @@ def floor(c: cfg.TrainConfig, data: Dataset, peaks: roofline.Peaks) -> dict:
     """fastgan's iteration's floor: its FLOPs at the matmul peak, its bytes at the copy
     bandwidth, one graph launch; the largest of the three (roofline.floor)."""
     counts, nbytes = count_iteration(c, data, _first_step(c))
-    limit = roofline.floor(counts.flops, nbytes, peaks,
-                           "bfloat16" if c.precision == "bf16" else "float32")
-    return {"flops": counts.flops, "bytes": nbytes, "compute_ms": limit.compute_s * 1e3,
+    return _floor_of(counts.flops, nbytes, peaks, c.precision)
+
+
+def _floor_of(flops: int, nbytes: int, peaks: roofline.Peaks, precision: str) -> dict:
+    limit = roofline.floor(flops, nbytes, peaks, "bfloat16" if precision == "bf16" else "float32")
+    return {"flops": flops, "bytes": nbytes, "compute_ms": limit.compute_s * 1e3,
             "memory_ms": limit.memory_s * 1e3, "launch_ms": limit.launch_s * 1e3,
             "floor_ms": limit.floor_s * 1e3, "bound": limit.bound}
 
 
 def variant_names(device: torch.device) -> list[str]:
     return ["eager", "compile", *FASTGAN_VARIANTS[device.type]]
+
+
+def _set_floors(rows: list[dict], peaks: roofline.Peaks, precision: str) -> None:
+    """Each row's floor and c/floor against `peaks` (the rows' FLOPs and bytes kept)."""
+    for row in rows:
+        row["floor"] = _floor_of(row["floor"]["flops"], row["floor"]["bytes"], peaks, precision)
+        row["fastgan_vs_floor"] = _vs_floor(row)
+
+
+def _vs_floor(row: dict) -> float | None:
+    ours = row["ms"].get("fastgan")
+    return None if ours is None else round(ours / row["floor"]["floor_ms"], 2)
+
+
+def _beaten_floors(rows: list[dict], peaks: roofline.Peaks, precision: str) -> list[str]:
+    """The rows whose fastgan iteration ran faster than its floor under `peaks`."""
+    beaten = []
+    for row in rows:
+        ours, limit = row["ms"].get("fastgan"), _floor_of(row["floor"]["flops"],
+                                                      row["floor"]["bytes"], peaks, precision)
+        if ours is not None and ours < limit["floor_ms"]:
+            beaten.append(f"c/floor {ours / limit['floor_ms']:.2f}x at {row['mode']} "
+                          f"b={row['batch']}")
+    return beaten
+
+
+def check_floors(report: dict, device: torch.device, peaks: roofline.Peaks) -> None:
+    """The consistency check: a fastgan iteration faster than its floor measures the peaks
+    again (once) and sets the rows' floors from them; if one still is, the report's
+    "peaks_unreliable" says so, and the table shows no c/floor below 1."""
+    precision = report["precision"]
+    new_peaks, beaten = roofline.recheck(device, peaks,
+                                         lambda p: _beaten_floors(report["rows"], p, precision))
+    if new_peaks is not peaks:
+        _set_floors(report["rows"], new_peaks, precision)
+        report["peaks"] = dataclasses.asdict(new_peaks)
+    report["peaks_unreliable"] = roofline.unreliable_line(beaten) if beaten else None
 
 
 def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_ms: float,
@@ -283,7 +323,7 @@ def _add_ratios(row: dict) -> None:
     eager, compiled, ours = (row["ms"].get(k) for k in ("eager", "compile", "fastgan"))
     row["fastgan_vs_eager"] = None if None in (eager, ours) else round(eager / ours, 3)
     row["fastgan_vs_compile"] = None if None in (compiled, ours) else round(compiled / ours, 3)
-    row["fastgan_vs_floor"] = None if ours is None else round(ours / row["floor"]["floor_ms"], 2)
+    row["fastgan_vs_floor"] = _vs_floor(row)
 
 
 def _table(rows: list[dict], variants: list[str]) -> str:
@@ -296,12 +336,19 @@ def _table(rows: list[dict], variants: list[str]) -> str:
         ratios = [f"{r:.2f}x" if (r := row[k]) is not None else "-"
                   for k in ("fastgan_vs_eager", "fastgan_vs_compile")]
         floor_rate = row["batch"] / row["floor"]["floor_ms"] * 1e3
-        to_floor = "-" if row["fastgan_vs_floor"] is None else f"{row['fastgan_vs_floor']:.1f}x"
+        to_floor = _to_floor(row["fastgan_vs_floor"])
         lines.append([row["mode"], str(row["batch"]), *rates, *ratios,
                       f"{floor_rate:,.0f} ({row['floor']['bound']})", to_floor])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True))
                      for line in lines)
+
+
+def _to_floor(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    # Below 1 only where the peaks stayed unreliable (check_floors), whose line is printed.
+    return "?" if ratio < 1 else f"{ratio:.1f}x"
 
 
 def run(device: torch.device, modes: list[str], batches: list[int] | None,
@@ -338,7 +385,11 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
         for batch in batches:
             measure(mode, batch, data, device, repeat_ms, compile_mode, peaks, precision,
                     variants, measured)
+    check_floors(report, device, peaks)
+    write_report(path, report)
     print(_table(report["rows"], variants))
+    if report["peaks_unreliable"]:
+        print(f"c/floor: {report['peaks_unreliable']}")
     for row in report["rows"]:
         for name, error in row["errors"].items():
             print(f"{name} failed at {row['mode']} b={row['batch']}: {error}")

@@ -14,6 +14,7 @@ kernels as after the autoencoder phase, so the profile skips that phase's thousa
 """
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -30,9 +31,9 @@ from fastgan.data import Dataset, load_dataset
 from fastgan.devices import SetupError, check_fits, check_precision, resolve_device
 from fastgan.files import write_json
 from fastgan.perf import nvml, roofline
-from fastgan.perf.profile_report import write_report
+from fastgan.perf.profile_report import fastgan_op_rows, write_report
 from fastgan.perf.results import device_name, device_slug
-from fastgan.perf.trace import analyze, read_trace
+from fastgan.perf.trace import Breakdown, analyze, read_trace
 from fastgan.step import Training
 
 WARMUP_STEPS = 20
@@ -171,6 +172,20 @@ def open_sampler(device: torch.device):
     return _NoSampler(f"no NVML samples: {sampler}") if isinstance(sampler, str) else sampler
 
 
+def beaten_peaks(iteration_s: float, b: Breakdown, counts: roofline.OpCounts, nbytes: int,
+                 dtype: str, peaks: roofline.Peaks) -> list[str]:
+    """The measured rates that beat `peaks`: an iteration faster than its floor, a fastgan
+    op above 100% of the matmul or copy peak."""
+    floor_s = roofline.floor(counts.flops, nbytes, peaks, dtype).floor_s
+    beaten = ([f"an iteration in {iteration_s * 1e3:.3f} ms, {iteration_s / floor_s:.2f}x its "
+               f"floor"] if iteration_s < floor_s else [])
+    for row in fastgan_op_rows(b, counts, peaks, dtype):
+        beaten += [f"{row['op']} at {row[key]:.0%} of the {peak} peak"
+                   for key, peak in (("tflops_share", "matmul"), ("gbps_share", "copy"))
+                   if row[key] and row[key] > 1]
+    return beaten
+
+
 def profile(config: cfg.TrainConfig, steps: int = DEFAULT_STEPS, phase: str | None = None,
             out: Path | None = None, warmup: int = WARMUP_STEPS, overwrite: bool = False,
             refresh_peaks: bool = False, command: str = "fastgan profile") -> dict:
@@ -207,6 +222,8 @@ def profile(config: cfg.TrainConfig, steps: int = DEFAULT_STEPS, phase: str | No
         profiled_s = _profile(step, steps, device, out / "trace.json")
     breakdown = analyze(read_trace(out / "trace.json"))
     dtype = "bfloat16" if config.precision == "bf16" else "float32"
+    peaks, beaten = roofline.recheck(device, peaks, functools.partial(
+        beaten_peaks, iteration_s, breakdown, counts, nbytes, dtype))
     limit = roofline.floor(counts.flops, nbytes, peaks, dtype)
     plot_note = None
     if isinstance(sampler, nvml.Sampler):
@@ -227,6 +244,7 @@ def profile(config: cfg.TrainConfig, steps: int = DEFAULT_STEPS, phase: str | No
         "peaks": {"matmul_tflops": peaks.matmul_tflops, "copy_gbps": peaks.copy_gbps,
                   "graph_launch_us": peaks.graph_launch_s and peaks.graph_launch_s * 1e6,
                   "measured": peaks.measured},
+        "peaks_unreliable": roofline.unreliable_line(beaten) if beaten else None,
         "nvml": None if isinstance(sampler, _NoSampler) else len(sampler.samples),
         "nvml_note": getattr(sampler, "reason", None), "plot_note": plot_note,
     }

@@ -47,11 +47,13 @@ def fastgan_op_rows(b: trace.Breakdown, counts: OpCounts, peaks: Peaks, dtype: s
 def reading(s: dict, b: trace.Breakdown, op_rows: list[dict]) -> str:
     """One paragraph on where the time goes, from the measured numbers."""
     where = "device time" if b.device == "cuda" else "CPU time on the training thread"
+    unreliable = s.get("peaks_unreliable")
     ratio = s["iteration_ms"] / s["floor_ms"] if s["floor_ms"] else float("inf")
     launch = f", {s['launch_ms']:.3f} ms per graph launch" if s["launch_ms"] else ""
+    to_floor = "against a" if unreliable else f"{ratio:.1f}x its"
     text = [
         f"One {s['phase']} iteration at batch {s['batch_size']} takes "
-        f"{s['iteration_ms']:.3f} ms ({s['samples_per_s']:,.0f} samples/s), {ratio:.1f}x its "
+        f"{s['iteration_ms']:.3f} ms ({s['samples_per_s']:,.0f} samples/s), {to_floor} "
         f"floor of {s['floor_ms']:.3f} ms, which is {s['bound']}-bound "
         f"({s['compute_ms']:.3f} ms of FLOPs at the {s['floor_dtype']} matmul peak, "
         f"{s['memory_ms']:.3f} ms of bytes at copy bandwidth{launch})."]
@@ -65,8 +67,8 @@ def reading(s: dict, b: trace.Breakdown, op_rows: list[dict]) -> str:
         rates = " and ".join(f"{row['tflops']:.3g} TFLOP/s {row['op'].split()[-1]}"
                              for row in dense)
         best = max(row["tflops_share"] for row in dense)
-        text.append(f"fastgan's fused_dense runs at {rates}, at most {best:.0%} of the "
-                    "measured matmul peak.")
+        share = "" if unreliable else f", at most {best:.0%} of the measured matmul peak"
+        text.append(f"fastgan's fused_dense runs at {rates}{share}.")
     largest = shares[0][1] if shares else None
     text.append(_verdict(largest, b, s))
     overhead = s["profiled_iteration_ms"] / s["iteration_ms"] - 1
@@ -111,7 +113,10 @@ def write_report(path: Path, s: dict, b: trace.Breakdown, counts: OpCounts,
     if s["mode"] == "latent-cgan" and s["phase"] == "gan":
         lines += ["The GAN phase runs on an untrained autoencoder (the profile skips its "
                   "training): the same shapes and kernels as after it.", ""]
-    lines += ["## Where the time goes", "", reading(s, b, op_rows), ""]
+    lines += ["## Where the time goes", ""]
+    if s.get("peaks_unreliable"):
+        lines += [f"**Note:** {s['peaks_unreliable']}.", ""]
+    lines += [reading(s, b, op_rows), ""]
     window = sum(b.by_category.values())
     lines += _table(["", "ms per iteration (profiled)", "share"], [
         [name, f"{_ms(us, b.steps):.3f}", f"{us / window:.1%}"]
@@ -125,9 +130,9 @@ def write_report(path: Path, s: dict, b: trace.Breakdown, counts: OpCounts,
     lines += _table(
         ["op", "calls", "ms", "GFLOP", "TFLOP/s", "of peak", "MB", "GB/s", "of peak"],
         [[row["op"], str(row["calls"]), f"{row['ms']:.3f}", f"{row['flops'] / 1e9:.3f}",
-          _number(row["tflops"], ".3g"), _number(row["tflops_share"], ".1%"),
+          _number(row["tflops"], ".3g"), _share(row["tflops_share"]),
           f"{row['bytes'] / 1e6:.2f}", _number(row["gbps"], ".3g"),
-          _number(row["gbps_share"], ".1%")] for row in op_rows])
+          _share(row["gbps_share"])] for row in op_rows])
     title = ("Top kernels by device time" if b.device == "cuda"
              else "Top ops by self CPU time")
     total = b.busy_us if b.device == "cuda" else b.window_us
@@ -172,7 +177,8 @@ def _floor_lines(s: dict, peaks: Peaks) -> list[str]:
         ["launch time", f"{s['launch_ms']:.4f} ms"],
         ["**floor** (the largest of the three)", f"**{s['floor_ms']:.4f} ms** ({s['bound']})"],
         ["**measured iteration** (unprofiled)", f"**{s['iteration_ms']:.4f} ms**"],
-        ["measured / floor", f"{s['iteration_ms'] / s['floor_ms']:.1f}x"],
+        ["measured / floor", "not shown: the peaks are unreliable" if s.get("peaks_unreliable")
+         else f"{s['iteration_ms'] / s['floor_ms']:.1f}x"],
         ["samples/s (unprofiled)", f"{s['samples_per_s']:,.0f}"],
         ["iteration in the profiled window", f"{s['profiled_iteration_ms']:.4f} ms"],
     ]
@@ -189,6 +195,11 @@ def _floor_lines(s: dict, peaks: Peaks) -> list[str]:
 
 def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _share(value: float | None) -> str:
+    # Over 100% only where the peaks stayed unreliable (roofline.recheck), as the note says.
+    return "?" if value is not None and value > 1 else _number(value, ".1%")
 
 
 def _short(name: str, limit: int = 70) -> str:

@@ -4,6 +4,26 @@ does not run in Triton's interpreter, and the interpreter is how CPU CI tests ke
 import triton
 import triton.language as tl
 
+from fastgan.backends.common import TRITON_INTERPRET
+
+INTERPRETED = tl.constexpr(TRITON_INTERPRET)
+
+
+@triton.jit
+def cast(x, dtype: tl.constexpr):
+    """x.to(dtype), rounded to nearest (ties to even) as compiled kernels round. Triton's
+    interpreter (3.2 to 3.9 at least) truncates fp32 -> bf16 casts instead, up to an ulp off,
+    and flushes subnormals: tanh(2.7) = 0.9910 becomes 0.9883, not 0.9922, and a saturated
+    tanh 0.99609 instead of 1, whose derivative 1 - out^2 is then 0.0078, not 0. Under it,
+    the bf16 bits are made here. (fp16 casts go through numpy, which rounds.)"""
+    if INTERPRETED:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16)
+            rounded = tl.where(x == x, rounded, 0x7FC0)  # NaN: the carry could wrap it to 0
+            return rounded.to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
+
 
 @triton.jit
 def log1p(u):

@@ -75,10 +75,18 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
         # in fp32 the products are exact, so the test still checks the kernel's logic.
         a = a.to(acc.dtype)
         b = b.to(acc.dtype)
-    if a.dtype == tl.float64 and not FP64_DOT:
-        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    # out_dtype named: triton 3.6 checks a given acc against it, and it defaults to fp32.
-    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    # Nested ifs and one return: compiled triton 3.2 cannot `and` a Python bool (the dtype
+    # test) with a constexpr, and compiles what follows a return in a static if (there a
+    # tl.dot of fp64 tiles, which it refuses); its interpreter does neither, so only the
+    # compile check saw it. out_dtype named: triton 3.6 checks a given acc against it.
+    if a.dtype == tl.float64:
+        if FP64_DOT:
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+        else:
+            acc = acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+    return acc
 
 
 @triton.jit
@@ -121,9 +129,9 @@ def dense_fwd_kernel(
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     offsets = rm[:, None] * N + rn[None, :]
     if SAVE_PREACT:
-        tl.store(preact_ptr + offsets, acc.to(preact_ptr.dtype.element_ty), mask=mask)
+        tl.store(preact_ptr + offsets, _math.cast(acc, preact_ptr.dtype.element_ty), mask=mask)
     out = _activate(acc, ACT, NEGATIVE_SLOPE)
-    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offsets, _math.cast(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -160,8 +168,8 @@ def dense_dx_kernel(
                       NEGATIVE_SLOPE, ACT, ACC_DTYPE)
         w = tl.load(w_ptr + n[:, None] * stride_wn + rk[None, :] * stride_wk,
                     mask=(n[:, None] < N) & (rk[None, :] < K), other=0.0)
-        acc = _dot(dz.to(w.dtype), w, acc, INPUT_PRECISION, INTERPRETED)
-    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
+        acc = _dot(_math.cast(dz, w.dtype), w, acc, INPUT_PRECISION, INTERPRETED)
+    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], _math.cast(acc, dx_ptr.dtype.element_ty),
              mask=(rm[:, None] < M) & (rk[None, :] < K))
 
 
@@ -196,7 +204,7 @@ def dense_dw_kernel(
         if NEED_DW:
             x = tl.load(x_ptr + m[:, None] * stride_xm + rk[None, :] * stride_xk,
                         mask=(m[:, None] < m_end) & (rk[None, :] < K), other=0.0)
-            acc = _dot(dz_t.to(x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
+            acc = _dot(_math.cast(dz_t, x.dtype), x, acc, INPUT_PRECISION, INTERPRETED)
         if NEED_DB:
             db += tl.sum(dz_t, axis=1)
     # The partial's offset in int64: split * N * K passes 2**31 for wide layers at large
@@ -204,11 +212,13 @@ def dense_dw_kernel(
     split64 = split.to(tl.int64)
     if NEED_DW:
         tl.store(dw_ptr + split64 * N * K + rn[:, None] * K + rk[None, :],
-                 acc.to(dw_ptr.dtype.element_ty), mask=(rn[:, None] < N) & (rk[None, :] < K))
+                 _math.cast(acc, dw_ptr.dtype.element_ty),
+                 mask=(rn[:, None] < N) & (rk[None, :] < K))
     if NEED_DB:
         # Every K-tile computes the same column sums; the first one writes them.
         if pid_k == 0:
-            tl.store(db_ptr + split64 * N + rn, db.to(db_ptr.dtype.element_ty), mask=rn < N)
+            tl.store(db_ptr + split64 * N + rn, _math.cast(db, db_ptr.dtype.element_ty),
+                     mask=rn < N)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,8 +252,15 @@ def _tiles(m: int, n: int, k: int):
 
 
 def _launch_kw(dtype: torch.dtype) -> dict:
-    return {"num_warps": 4, "num_stages": 3 if dtype != torch.float64 else 1,
-            "INTERPRETED": TRITON_INTERPRET}
+    # Below fp64, 8 warps with a budget of 160 registers each: with 4 warps ptxas spilled in
+    # fp32, bf16 and fp16 kernels on sm_80 and sm_90 (up to 348 bytes in fp32's dx on
+    # sm_80); left to itself at 8 it kept to 64-96 registers and spilled a few bytes, and a
+    # budget of 128 (two programs per SM) spilled up to 140 on sm_80. From compiles alone
+    # (python -m fastgan.perf.compile_check; profiles/kernels-sm*.json): their speed on
+    # hardware, at one program of 8 warps per SM, is not measured yet.
+    if dtype == torch.float64:
+        return {"num_warps": 4, "num_stages": 1, "INTERPRETED": TRITON_INTERPRET}
+    return {"num_warps": 8, "num_stages": 3, "maxnreg": 160, "INTERPRETED": TRITON_INTERPRET}
 
 
 def dense_fwd(x, weight, bias, activation, negative_slope, save_preact):
@@ -314,12 +331,20 @@ def dense_bwd(grad_out, x, weight, saved, activation, negative_slope, need_dx, n
 
 
 def m_splits(rows: int, tiles: int, device: torch.device) -> int:
-    """How many row ranges the weight-gradient kernel splits the batch into: enough to
-    give every SM about two programs, with at least 1024 rows each."""
+    """How many row ranges the weight-gradient kernel splits the batch into on `device`
+    (splits_for); one off CUDA."""
     if device.type != "cuda" or rows < 4096:
         return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return max(1, min(2 * _sm_count(index) // tiles, rows // 1024))
+    return splits_for(rows, tiles, _sm_count(index))
+
+
+def splits_for(rows: int, tiles: int, sm_count: int) -> int:
+    """Enough row ranges to give every SM about two programs, with at least 1024 rows each
+    (none below 4096 rows)."""
+    if rows < 4096:
+        return 1
+    return max(1, min(2 * sm_count // tiles, rows // 1024))
 
 
 @functools.cache

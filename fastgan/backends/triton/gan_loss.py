@@ -29,7 +29,7 @@ def _mean_bce_segment(x_ptr, n, stride, target: tl.constexpr, g_ptr, NEED_GRAD: 
         total += tl.where(mask, loss, 0.0)
         if NEED_GRAD:
             g = (_math.sigmoid(x) - target) * inv_n
-            tl.store(g_ptr + i, g.to(g_ptr.dtype.element_ty), mask=mask)
+            tl.store(g_ptr + i, _math.cast(g, g_ptr.dtype.element_ty), mask=mask)
     return tl.sum(total, axis=0) * inv_n
 
 
@@ -47,7 +47,7 @@ def gan_loss_kernel(
     if HAS_B:
         loss += _mean_bce_segment(b_ptr, n_b, stride_b, TARGET_B, gb_ptr, NEED_GB, ACC_DTYPE,
                                   BLOCK)
-    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
+    tl.store(loss_ptr, _math.cast(loss, loss_ptr.dtype.element_ty))
 
 
 def gan_loss_fwd(a, target_a, b, target_b, need_grad_a, need_grad_b):

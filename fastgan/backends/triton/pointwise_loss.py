@@ -72,14 +72,14 @@ def pointwise_loss_kernel(
         if REDUCTION != NO_REDUCTION:
             total += tl.where(mask, loss, 0.0)
         else:
-            tl.store(loss_ptr + i, loss.to(loss_ptr.dtype.element_ty), mask=mask)
+            tl.store(loss_ptr + i, _math.cast(loss, loss_ptr.dtype.element_ty), mask=mask)
         if NEED_GX:
-            tl.store(gx_ptr + i, (gx * scale).to(gx_ptr.dtype.element_ty), mask=mask)
+            tl.store(gx_ptr + i, _math.cast(gx * scale, gx_ptr.dtype.element_ty), mask=mask)
         if NEED_GT:
-            tl.store(gt_ptr + i, (gt * scale).to(gt_ptr.dtype.element_ty), mask=mask)
+            tl.store(gt_ptr + i, _math.cast(gt * scale, gt_ptr.dtype.element_ty), mask=mask)
     if REDUCTION != NO_REDUCTION:
-        tl.store(loss_ptr + pid, (tl.sum(total, axis=0) * reduce_scale).to(
-            loss_ptr.dtype.element_ty))
+        tl.store(loss_ptr + pid, _math.cast(tl.sum(total, axis=0) * reduce_scale,
+                                            loss_ptr.dtype.element_ty))
 
 
 def _num_programs(numel: int) -> int:
