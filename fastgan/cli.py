@@ -30,7 +30,7 @@ import fastgan
 from fastgan import api, checkpoint, config, curves, faults, pictures, report
 from fastgan.backends.select import backend_for
 from fastgan.data import DataError
-from fastgan.devices import SetupError, check_precision, resolve_device
+from fastgan.devices import SetupError, check_precision, fit_threads_to_load, resolve_device
 from fastgan.distributed import LaunchError
 from fastgan.evaluate import Evaluator
 from fastgan.images import write_png
@@ -184,6 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
     saved = args.out / "config.json" if args.out else None
     base = config.read_json(saved) if args.resume and saved.exists() else {}
     run_config = settings(args, base)
+    fit_threads_to_load(resolve_device(run_config.device))
     summary = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite,
                     tensorboard=args.tensorboard)
     if summary.get("rank"):  # under torchrun, rank 0 reports

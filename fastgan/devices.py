@@ -3,7 +3,10 @@ data fit there, and the error for a run that cannot start as asked. Shared by th
 the profiler and the benchmarks."""
 
 import functools
+import os
 import platform
+import sys
+import time
 
 import torch
 
@@ -76,6 +79,51 @@ def use_fp32_policy(device: torch.device, tf32: bool = True) -> str:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high" if tf32 else "highest")
     return torch.get_float32_matmul_precision()
+
+
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(busy, total) clock ticks of all CPUs from /proc/stat, and this process's own."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    with open("/proc/self/stat") as own:
+        # utime and stime follow the command name, which may hold spaces: split after it.
+        after_name = own.read().rsplit(")", 1)[1].split()
+    return sum(fields) - idle, sum(fields), int(after_name[11]) + int(after_name[12])
+
+
+def busy_cores_elsewhere(seconds: float = 0.3) -> float | None:
+    """How many cores other processes kept busy over `seconds`; None where /proc is missing."""
+    try:
+        busy0, total0, own0 = _cpu_ticks()
+        time.sleep(seconds)
+        busy1, total1, own1 = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    ticks_per_core = (total1 - total0) / cores
+    if ticks_per_core <= 0:
+        return None
+    return max(0.0, (busy1 - busy0 - (own1 - own0)) / ticks_per_core)
+
+
+def fit_threads_to_load(device: torch.device) -> None:
+    """On the CPU, leave the cores other processes keep busy at start-up to them: torch's
+    OpenMP threads spin-wait for each other, and one competing busy process on 2 cores cut a
+    2-thread run to 27% of its speed, where 1 thread kept 50% (README, "A shared machine").
+    Left alone when OMP_NUM_THREADS says how many threads to use."""
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    elsewhere = busy_cores_elsewhere()
+    threads = torch.get_num_threads()
+    if elsewhere is None or threads <= 1:
+        return
+    fitted = max(1, min(threads, (os.cpu_count() or threads) - round(elsewhere)))
+    if fitted < threads:
+        torch.set_num_threads(fitted)
+        print(f"fastgan: other processes keep {elsewhere:.1f} of {os.cpu_count()} cores busy: "
+              f"training on {fitted} thread{'s' if fitted > 1 else ''}, not {threads} "
+              "(OMP_NUM_THREADS=N to choose)", file=sys.stderr)
 
 
 def check_fits(data: Dataset, device: torch.device) -> None:

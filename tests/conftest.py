@@ -59,3 +59,11 @@ def backend(request, monkeypatch) -> Backend:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads(monkeypatch):
+    # `fastgan train` fits its thread count to the machine's load at start-up; in this process
+    # that would change the threads of every test after it, and with them the sums' order.
+    # tests/test_devices.py checks the fitting itself.
+    monkeypatch.setattr("fastgan.cli.fit_threads_to_load", lambda device: None)
