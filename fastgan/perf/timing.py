@@ -32,6 +32,22 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeat_ms: float = 3
     return statistics.median(_call_for(fn, repeat_ms, min_calls=MIN_CPU_CALLS))
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
+                     repeat_ms: float = 300.0, rounds: int = 10) -> dict[str, float]:
+    """time_fn for several variants, in `rounds` alternating rounds of repeat_ms / rounds each
+    (the order reversed every other round); the median per variant over all its rounds. Timed
+    one after the other, the variant timed second ran up to 13% slower than interleaved (CPU,
+    bench fuse): what changes on the machine over a run is then shared out evenly."""
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for fn in fns.values():
+        time_fn(fn, device, repeat_ms=0.0)  # warm-up
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            times[name].append(time_fn(fns[name], device, repeat_ms / rounds, warmup_ms=0.0))
+    return {name: statistics.median(ms) for name, ms in times.items()}
+
+
 def best_ms(fn: Callable[[], object], device: torch.device, repeats: int = 5,
             budget_ms: float = 0.0) -> float:
     """The fewest milliseconds one call of fn took, over at least `repeats` timed repeats
