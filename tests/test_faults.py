@@ -93,7 +93,7 @@ def test_sigkill_at_random_moments_then_resume_equals_a_run_never_killed(tmp_pat
     expected = weights(tmp_path / "whole")
     picker = random.Random(6)
     killed_mid_training = 0
-    for trial in range(10):
+    for trial in range(6):
         out = tmp_path / f"trial{trial}"
         process = launch(out)
         if trial < 2:  # during start-up: nothing or only the first checkpoint is there
@@ -114,7 +114,7 @@ def test_sigkill_at_random_moments_then_resume_equals_a_run_never_killed(tmp_pat
         assert logged_losses(out) == logged_losses(tmp_path / "whole"), trial
         assert unfinished_files(out) == [], trial
         assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
-    assert killed_mid_training >= 3  # the kills did land between checkpoints
+    assert killed_mid_training >= 2  # the kills did land between checkpoints
 
 
 def test_a_resumed_run_removes_temp_files_of_a_killed_write_and_a_cut_log_line(tmp_path):

@@ -223,14 +223,26 @@ def test_config_file_is_overridden_by_flags(tmp_path):
     assert saved["batch_size"] == 16  # TINY's flag wins over the file's 8
 
 
-def test_the_autoencoder_phase_defaults_to_a_quarter_of_the_steps(tmp_path):
-    train(tmp_path / "run")  # TINY: --steps 24
+def test_the_autoencoder_phase_defaults_to_an_eighth_of_the_steps(tmp_path):
+    train(tmp_path / "run", "--steps", "64")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (saved["steps"], saved["ae_steps"]) == (24, 6)
+    assert (saved["steps"], saved["ae_steps"]) == (64, 8)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
              .splitlines()]
     phases = {line["step"]: line["phase"] for line in lines if "eval" not in line}
-    assert (phases[4], phases[6], phases[8]) == ("ae", "ae", "gan")  # 6 ends the AE phase
+    assert (phases[4], phases[8], phases[12]) == ("ae", "ae", "gan")  # 8 ends the AE phase
+
+
+def test_latent_cgan_has_its_tuned_rates_and_the_other_modes_keep_theirs(tmp_path):
+    # MODE_DEFAULTS: the rates tuned for latent-cgan; a flag or a dataset's mode still wins
+    rates = {}
+    for name, args in {"latent": (), "cgan": ("--mode", "cgan"), "ring": ("--dataset", "ring"),
+                       "flag": ("--lr", "3e-4")}.items():
+        train(tmp_path / name, *args, "--steps", "8")
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        rates[name] = (saved["lr"], saved["lr_ae"])
+    assert rates == {"latent": (7e-4, 2e-3), "cgan": (2e-4, 1e-3), "ring": (2e-4, 1e-3),
+                     "flag": (3e-4, 2e-3)}
 
 
 def test_epochs_set_the_steps(tmp_path):
