@@ -283,14 +283,18 @@ def add_settings(add, lengths: bool = True) -> None:
         add("--epochs", type=positive_float,
             help="passes over the training split; sets --steps")
     add("--ae-steps", type=positive_int,
-        help="latent-cgan: steps of the autoencoder phase (default: an eighth of --steps)")
+        help="latent-cgan: steps of the autoencoder phase (default: --steps // "
+             f"{config.AE_SHARE})")
     add("--batch-size", type=positive_int)
+    tuned, plain = config.MODE_DEFAULTS["latent-cgan"], config.TrainConfig
     add("--lr", type=positive_float,
-        help="G and D learning rate (default 7e-4 in latent-cgan, else 2e-4)")
+        help=f"G and D learning rate (default {tuned['lr']:g} in latent-cgan, else "
+             f"{plain.lr:g})")
     add("--lr-g", type=positive_float)
     add("--lr-d", type=positive_float)
     add("--lr-ae", type=positive_float,
-        help="autoencoder learning rate (default 2e-3 in latent-cgan, else 1e-3)")
+        help=f"autoencoder learning rate (default {tuned['lr_ae']:g} in latent-cgan, else "
+             f"{plain.lr_ae:g})")
     add("--latent-dim", type=positive_int)
     add("--noise-dim", type=positive_int)
     for model in ("ae", "g", "d"):
