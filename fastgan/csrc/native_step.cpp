@@ -99,18 +99,62 @@ void activate_inplace(at::Tensor& z, int64_t act, float negative_slope) {
   });
 }
 
-// grad = grad * act'(out) in place, and, when bias_grad is defined, its column sums into it.
-// Threads split the columns, so each sums its own columns over all rows in a fixed order: the
-// result does not depend on the thread count.
+// The rows' labels for a conditioned first layer: packed row r, slot j has class
+// labels[r * pack + j]; its label term is row labels[r * pack + j] of table j.
+struct LabelRows {
+  const int64_t* labels = nullptr;  // none: the layer has no label term
+  int64_t pack = 1, classes = 0;
+};
+
+// z = act(z + sum_j table[j][label of slot j]) row by row: the first layer's label term
+// e W_e^T, read from per-class tables instead of computed by a GEMM whose inner dimension is
+// the embedding's width (10), which runs at a tenth of the matmul peak.
+void add_label_rows_activate(at::Tensor& z, const at::Tensor& table, const LabelRows& label_rows,
+                             int64_t act, float negative_slope) {
+  const int64_t rows = z.size(0), cols = z.size(1);
+  float* zp = z.data_ptr<float>();
+  const float* tp = table.data_ptr<float>();
+  dispatch_activation(act, [&](auto tag) {
+    constexpr int64_t A = decltype(tag)::value;
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* zr = zp + r * cols;
+        for (int64_t j = 0; j < label_rows.pack; ++j) {
+          const int64_t label = label_rows.labels[r * label_rows.pack + j];
+          const float* t = tp + (j * label_rows.classes + label) * cols;
+#pragma omp simd
+          for (int64_t c = 0; c < cols; ++c) {
+            zr[c] += t[c];
+          }
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+          zr[c] = activate<A>(zr[c], negative_slope);
+        }
+      }
+    });
+  });
+}
+
+// grad = grad * act'(out) in place, and, when bias_grad is defined, its column sums into it;
+// with labels, also each class's column sums into class_sums (pack, classes, cols). Threads
+// split the columns, so each sums its own columns over all rows in a fixed order: the result
+// does not depend on the thread count.
 void activation_backward(at::Tensor& grad, const at::Tensor& out, int64_t act,
-                         float negative_slope, at::Tensor* bias_grad) {
-  if (act == kNone && bias_grad == nullptr) {
+                         float negative_slope, at::Tensor* bias_grad,
+                         const LabelRows& label_rows = {}, at::Tensor* class_sums = nullptr) {
+  if (act == kNone && bias_grad == nullptr && class_sums == nullptr) {
     return;
   }
   const int64_t rows = grad.size(0), cols = grad.size(1);
   float* gp = grad.data_ptr<float>();
   const float* op = out.data_ptr<float>();
   float* dbp = bias_grad ? bias_grad->data_ptr<float>() : nullptr;
+  float* csp = nullptr;
+  if (class_sums) {
+    class_sums->zero_();
+    csp = class_sums->data_ptr<float>();
+  }
   const int64_t column_grain =
       std::max<int64_t>(kColumnBlock, kGrain / std::max<int64_t>(rows, 1));
   dispatch_activation(act, [&](auto tag) {
@@ -128,6 +172,16 @@ void activation_backward(at::Tensor& grad, const at::Tensor& out, int64_t act,
 #pragma omp simd
           for (int64_t c = 0; c < width; ++c) {
             g[c] *= activation_grad<A>(o[c], negative_slope);
+          }
+        }
+        if (csp) {
+          for (int64_t j = 0; j < label_rows.pack; ++j) {
+            const int64_t label = label_rows.labels[r * label_rows.pack + j];
+            float* s = csp + (j * label_rows.classes + label) * cols + c0;
+#pragma omp simd
+            for (int64_t c = 0; c < width; ++c) {
+              s[c] += g[c];
+            }
           }
         }
         if (dbp) {
@@ -229,8 +283,6 @@ struct Layer {
 // One MLP's tensors at one number of input rows.
 struct Buffers {
   at::Tensor input;                // what the first layer read (the caller's tensor)
-  at::Tensor embedded;             // (rows, pack * width): the packed rows' label embeddings
-  at::Tensor embedded_grad;        // its gradient
   std::vector<at::Tensor> outs;    // each layer's output
   std::vector<at::Tensor> grads;   // dL/d(layer output), turned into dL/dz in place
   at::Tensor input_grad;           // dL/d(input), when asked for
@@ -241,6 +293,10 @@ struct Mlp {
   // The first layer's label term (undefined when unconditional): embed (classes, width) and
   // label_weight (first width, pack * width), with their gradients.
   at::Tensor embed, label_weight, embed_grad, label_weight_grad;
+  // Per class and pack slot j, the label term's row: table[j] = embed W_e,j^T, with W_e,j the
+  // columns of label_weight for slot j. table_grad holds dL/d(table), each class's column sums
+  // of dL/dz. Both (pack, classes, first width); table_rows is table's GEMM output.
+  at::Tensor table, table_rows, table_grad;
   int64_t pack = 1;
   bool trainable = false;
   std::map<int64_t, Buffers> buffers;  // by the input's row count
@@ -263,11 +319,37 @@ struct Mlp {
                                                    : at::empty({packed, width}, like.options()));
       b.grads.push_back(at::empty({packed, width}, like.options()));
     }
-    if (conditioned()) {
-      b.embedded = at::empty({packed, label_weight.size(1)}, like.options());
-      b.embedded_grad = at::empty({rows, embed.size(1)}, like.options());
-    }
     return b;
+  }
+
+  // The labels of `rows` input rows, checked against the embedding's classes.
+  LabelRows label_rows(const std::optional<at::Tensor>& labels, int64_t rows) const {
+    TORCH_CHECK(labels.has_value(), "fastgan_native: a conditional model needs labels");
+    TORCH_CHECK(labels->scalar_type() == at::kLong && labels->is_contiguous() &&
+                    labels->numel() == rows,
+                "fastgan_native: labels: expected ", rows, " contiguous int64 class indices");
+    const int64_t classes = embed.size(0);
+    const int64_t* lp = labels->data_ptr<int64_t>();
+    const auto [low, high] = std::minmax_element(lp, lp + rows);
+    TORCH_CHECK(rows == 0 || (*low >= 0 && *high < classes),
+                "fastgan_native: labels: expected class indices in [0, ", classes, ")");
+    return {lp, pack, classes};
+  }
+
+  // table[j][c] = embed[c] W_e,j^T: one GEMM into table_rows (classes, first width * pack),
+  // whose column o * pack + j is table[j]'s column o.
+  void fill_table() {
+    const int64_t classes = embed.size(0), width = embed.size(1);
+    const int64_t outs = label_weight.size(0);
+    if (!table.defined()) {
+      table_rows = at::empty({classes, outs * pack}, embed.options());
+      table = pack == 1 ? table_rows.view({1, classes, outs})
+                        : at::empty({pack, classes, outs}, embed.options());
+    }
+    at::mm_out(table_rows, embed, label_weight.view({outs * pack, width}).t());
+    if (pack > 1) {
+      table.copy_(table_rows.view({classes, outs, pack}).permute({2, 0, 1}));
+    }
   }
 
   // The MLP on x (rows, features), packed `pack` rows to one; returns the last layer's output.
@@ -285,12 +367,13 @@ struct Mlp {
       // zero pre-activation then stays zero, and act' at it (leaky_relu's) stays the eager one
       at::addmm_out(out, layer.bias, h, layer.weight.t());
       if (i == 0 && conditioned()) {
-        TORCH_CHECK(labels.has_value(), "fastgan_native: a conditional model needs labels");
-        at::Tensor embedded_rows = b.embedded.view({rows, embed.size(1)});
-        at::index_select_out(embedded_rows, embed, 0, *labels);
-        at::addmm_out(out, out, b.embedded, label_weight.t());
+        const LabelRows label_rows_of_x = label_rows(labels, rows);
+        fill_table();
+        add_label_rows_activate(out, table, label_rows_of_x, layer.activation,
+                                layer.negative_slope);
+      } else {
+        activate_inplace(out, layer.activation, layer.negative_slope);
       }
-      activate_inplace(out, layer.activation, layer.negative_slope);
       h = out;
     }
     return b.outs.back();
@@ -306,24 +389,44 @@ struct Mlp {
       RECORD_FUNCTION("fastgan_native::dense_bwd", std::vector<c10::IValue>());
       Layer& layer = layers[i];
       at::Tensor& dz = b.grads[i];
-      activation_backward(dz, b.outs[i], layer.activation, layer.negative_slope,
-                          param_grads ? &layer.bias_grad : nullptr);
+      const bool label_grads = param_grads && i == 0 && conditioned();
+      if (label_grads) {
+        if (!table_grad.defined()) {
+          table_grad = at::empty_like(table);
+        }
+        activation_backward(dz, b.outs[i], layer.activation, layer.negative_slope,
+                            &layer.bias_grad, label_rows(labels, rows), &table_grad);
+      } else {
+        activation_backward(dz, b.outs[i], layer.activation, layer.negative_slope,
+                            param_grads ? &layer.bias_grad : nullptr);
+      }
       const at::Tensor& h = i == 0 ? b.input : b.outs[i - 1];
       if (param_grads) {
         at::mm_out(layer.weight_grad, dz.t(), h);
-        if (i == 0 && conditioned()) {
-          at::mm_out(label_weight_grad, dz.t(), b.embedded);
-          at::Tensor packed = b.embedded_grad.view({rows / pack, -1});
-          at::mm_out(packed, dz, label_weight);
-          embed_grad.zero_();
-          embed_grad.index_add_(0, *labels, b.embedded_grad);
-        }
+      }
+      if (label_grads) {
+        label_term_backward();
       }
       if (i > 0) {
         at::mm_out(b.grads[i - 1], dz, layer.weight);
       } else if (input_grad.defined()) {
         at::Tensor packed = input_grad.view({rows / pack, -1});
         at::mm_out(packed, dz, layer.weight);
+      }
+    }
+  }
+
+  // From dL/d(table): dL/dW_e,j = table_grad[j]^T embed, dL/d(embed) = sum_j table_grad[j] W_e,j.
+  void label_term_backward() {
+    const int64_t width = embed.size(1);
+    for (int64_t j = 0; j < pack; ++j) {
+      at::Tensor slot_weight = label_weight.narrow(1, j * width, width);
+      at::Tensor slot_weight_grad = label_weight_grad.narrow(1, j * width, width);
+      at::mm_out(slot_weight_grad, table_grad[j].t(), embed);
+      if (j == 0) {
+        at::mm_out(embed_grad, table_grad[j], slot_weight);
+      } else {
+        at::addmm_out(embed_grad, embed_grad, table_grad[j], slot_weight);
       }
     }
   }
