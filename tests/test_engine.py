@@ -116,25 +116,26 @@ def test_bench_step_measures_every_variant_and_writes_the_report(tmp_path, capsy
     assert "c/a" in printed and f"wrote {path}" in printed
 
 
-def test_bench_step_writes_each_variant_as_it_finishes(tmp_path, monkeypatch, capsys):
-    # A run cut short (here: interrupted while timing the second variant, as a timeout
-    # would) keeps the variants measured so far, in the report and in the log.
-    timings = iter([1.0])
+def test_bench_step_writes_each_row_as_it_finishes(tmp_path, monkeypatch, capsys):
+    # A run cut short (here: interrupted while timing the second row, as a timeout would)
+    # keeps the rows measured so far, in the report and in the log.
+    rows_timed = []
 
-    def stop_at_second(fn, device, repeat_ms):
-        try:
-            return next(timings)
-        except StopIteration:
-            raise KeyboardInterrupt from None
+    def stop_at_second(fns, device, repeat_ms):
+        if rows_timed:
+            raise KeyboardInterrupt
+        rows_timed.append(list(fns))
+        return dict.fromkeys(fns, 1.0)
 
-    monkeypatch.setattr(bench_step, "_time_iteration", stop_at_second)
-    assert main(["bench", "step", "--device", "cpu", "--modes", "ae", "--batches", "8",
+    monkeypatch.setattr(bench_step, "time_interleaved", stop_at_second)
+    assert main(["bench", "step", "--device", "cpu", "--modes", "ae", "--batches", "8,16",
                  "--variants", "eager,fastgan_torch_engine", "--out", str(tmp_path)]) == 130
+    assert rows_timed == [["eager", "fastgan_torch_engine"]]  # timed together, in one row
     [path] = tmp_path.glob("step-cpu-*.json")
     report = json.loads(path.read_text())
     assert report["variants"] == ["eager", "fastgan_torch_engine"]
     [row] = report["rows"]
-    assert row["ms"] == {"eager": 1.0} and row["fastgan_vs_eager"] is None
+    assert row["batch"] == 8 and row["ms"] == {"eager": 1.0, "fastgan_torch_engine": 1.0}
     assert "ae b=8 eager: 1.0000 ms" in capsys.readouterr().out
 
 

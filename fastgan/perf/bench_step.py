@@ -16,8 +16,11 @@ latent-cgan are one D step (real and fake batches) and one G step with D frozen,
 EMA of G. latent-cgan's G makes latents that the frozen decoder turns into images. Batches
 are drawn on the device from the packaged MNIST digits in every variant.
 
-CUDA iterations are timed with triton.testing.do_bench (median), the CPU's on the wall
-clock (median over many iterations after warm-up). samples/s = batch / iteration time.
+Each variant is warmed up, then all of a row's variants are timed in alternating rounds
+(timing.time_interleaved: the median over rounds of each round's median), so that what changes
+on the machine during a row falls on every variant alike. A round is timed with
+triton.testing.do_bench on CUDA, on the wall clock on the CPU. samples/s = batch / iteration
+time.
 Each row also gives fastgan's floor (fastgan/roofline.py): the iteration's FLOPs at the
 measured matmul peak, its bytes at the measured copy bandwidth and, on CUDA, one graph
 launch, whichever is largest; c/floor says how far the measured iteration is from it.
@@ -43,7 +46,7 @@ from fastgan.models import LEAKY_SLOPE, MAX_EMBEDDING
 from fastgan.perf import roofline
 from fastgan.perf.profile import count_iteration
 from fastgan.perf.results import new_report, report_path, write_report
-from fastgan.perf.timing import time_fn
+from fastgan.perf.timing import time_interleaved
 from fastgan.step import EMA_WARMUP, Training
 
 MODES = ("ae", "cgan", "latent-cgan")
@@ -215,14 +218,6 @@ def fastgan_iteration(c: cfg.TrainConfig, data: Dataset, overrides: dict, backen
 # The benchmark.
 
 
-def _time_iteration(fn: Callable[[], object], device: torch.device, repeat_ms: float) -> float:
-    for _ in range(WARMUP_ITERATIONS):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time_fn(fn, device, repeat_ms)
-
-
 def _config(mode: str, batch: int, device: torch.device, precision: str) -> cfg.TrainConfig:
     c = cfg.TrainConfig(mode=mode, batch_size=batch, steps=10**9, device=device.type,
                         precision=precision)
@@ -293,7 +288,7 @@ def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_m
             variants: list[str] | None = None,
             on_variant: Callable[[dict, str], None] = lambda row, name: None) -> dict:
     """The row of (mode, batch): every variant's time, or its error. `on_variant(row, name)`
-    is called as each variant finishes, with the row as far as it goes."""
+    is called for each variant once the row is timed."""
     c = _config(mode, batch, device, precision)
     builders = {
         "eager": lambda: PlainIteration(c, data, None),
@@ -303,19 +298,46 @@ def measure(mode: str, batch: int, data: Dataset, device: torch.device, repeat_m
     }
     row = {"mode": mode, "batch": batch, "ms": {}, "samples_per_s": {}, "errors": {},
            "floor": floor(c, data, peaks)}
-    for name in variants or variant_names(device):
-        torch._dynamo.reset()  # each variant compiles afresh
+    names = variants or variant_names(device)
+    iterations = {}
+    torch._dynamo.reset()  # the row's variants compile afresh
+    for name in names:
         torch.manual_seed(0)
-        try:
-            ms = _time_iteration(builders[name](), device, repeat_ms)
-        except Exception as error:  # record it and go on: one broken variant spoils no others
-            row["errors"][name] = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-            ms = None
-        row["ms"][name] = ms
-        row["samples_per_s"][name] = None if ms is None else round(batch / ms * 1e3, 1)
+        iterations[name] = _guarded(row, name, builders[name])
+        for _ in range(WARMUP_ITERATIONS):
+            iterations[name]()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ms = time_interleaved(iterations, device, repeat_ms)
+    for name in names:
+        row["ms"][name] = None if name in row["errors"] else ms[name]
+        row["samples_per_s"][name] = None if row["ms"][name] is None else \
+            round(batch / ms[name] * 1e3, 1)
         _add_ratios(row)
         on_variant(row, name)
     return row
+
+
+def _guarded(row: dict, name: str, build: Callable[[], Callable[[], object]]
+             ) -> Callable[[], object]:
+    """build()'s iteration, which records its first error in row["errors"] and then does
+    nothing: one broken variant spoils no others."""
+    def record(error: Exception) -> None:
+        row["errors"][name] = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+    try:
+        iteration = build()
+    except Exception as error:
+        record(error)
+        return lambda: None
+
+    def call() -> None:
+        if name not in row["errors"]:
+            try:
+                iteration()
+            except Exception as error:
+                record(error)
+    return call
 
 
 def _add_ratios(row: dict) -> None:
@@ -356,8 +378,8 @@ def run(device: torch.device, modes: list[str], batches: list[int] | None,
         compile_mode: str | None = None, precision: str = "fp32",
         variants: list[str] | None = None) -> Path:
     """Benchmarks every (mode, batch), prints the table and writes the JSON report: a line
-    and the report's rewrite after every variant, so that a run cut short keeps what it
-    measured. `variants` defaults to all of the device's."""
+    per variant and the report's rewrite after every row, so that a run cut short keeps what
+    it measured. `variants` defaults to all of the device's."""
     batches = batches or (QUICK_BATCHES if quick else DEFAULT_BATCHES)
     repeat_ms = repeat_ms or (QUICK_REPEAT_MS if quick else DEFAULT_REPEAT_MS[device.type])
     compile_mode = compile_mode or DEFAULT_COMPILE_MODE[device.type]
