@@ -12,17 +12,27 @@ same order as the torch engine, before the call.
 
 It runs the built-in models in fp32 on the CPU, one process. choose_engine says when it
 cannot, and the run then uses the torch engine.
+
+Its GEMMs run in ATen's at::mm (MKL) or ATen's oneDNN matmul, whichever is faster for the
+shape on this CPU: each shape is timed with both at its first use, and the choices are cached
+in fastgan.files.cache_dir() / "gemms", one file per CPU model, thread count and torch
+version, so later runs make the same choices (and a resumed run the same arithmetic).
+FASTGAN_NATIVE_GEMM = aten | onednn fixes the library instead; deleting the file times again.
 """
 
+import json
 import os
+import re
 import sys
 
 import torch
 from torch import Tensor, nn
 
 from fastgan.backends import cpp
-from fastgan.backends.codes import ACTIVATION_CODES
+from fastgan.backends.codes import ACTIVATION_CODES, GEMM_LIBRARIES, GEMM_LIBRARY_CODES
 from fastgan.config import TrainConfig
+from fastgan.devices import cpu_model
+from fastgan.files import atomic_write, cache_dir
 from fastgan.models import Discriminator, Generator
 
 NATIVE_ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh", "sigmoid")
@@ -38,6 +48,7 @@ def choose_engine(config: TrainConfig, device: torch.device, launched: bool,
         return "torch"
     reason = why_not_native(config, device, launched, models, optimizers)
     if reason is None:
+        gemm_library()  # an unusable FASTGAN_NATIVE_GEMM is bad input, said before training
         return "native"
     if announce and (config.engine == "native" or device.type == "cpu"):
         print(f"fastgan: using the torch engine: {reason}", file=sys.stderr)
@@ -80,6 +91,54 @@ def why_not_native(config: TrainConfig, device: torch.device, launched: bool,
     return None
 
 
+def gemm_library() -> str:
+    """FASTGAN_NATIVE_GEMM, checked: auto (the default), aten or onednn."""
+    name = os.environ.get("FASTGAN_NATIVE_GEMM", "auto").strip().lower() or "auto"
+    if name not in GEMM_LIBRARIES:
+        raise ValueError(f"FASTGAN_NATIVE_GEMM: expected one of {', '.join(GEMM_LIBRARIES)}, "
+                         f"got {name!r}")
+    if name == "onednn" and not onednn_available():
+        raise ValueError("FASTGAN_NATIVE_GEMM=onednn: this torch's oneDNN matmul does not run "
+                         "float32 on this CPU (on x86 it needs AVX-512 BW, DQ and VL)")
+    return name
+
+
+def onednn_available() -> bool:
+    cpp.require()
+    return torch.classes.fastgan_native.Engine.onednn_available()
+
+
+def gemm_choices_path():
+    """Where the timed GEMM choices for this CPU, thread count and torch version live."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    return cache_dir() / "gemms" / \
+        f"cpu-{slug}-{torch.get_num_threads()}threads-torch{torch.__version__}.json"
+
+
+def _load_gemm_choices() -> list[int]:
+    try:
+        choices = json.loads(gemm_choices_path().read_text())["choices"]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: time again
+        return []
+    flat = [number for choice in choices for number in choice]
+    return flat if all(isinstance(n, int) for n in flat) and len(flat) % 7 == 0 else []
+
+
+def _save_gemm_choices(flat: list[int]) -> None:
+    """Adds the engine's choices to the file's (another run may have timed other shapes)."""
+    merged = {tuple(flat[i:i + 6]): flat[i + 6] for i in range(0, len(flat), 7)}
+    on_file = _load_gemm_choices()
+    for i in range(0, len(on_file), 7):
+        merged.setdefault(tuple(on_file[i:i + 6]), on_file[i + 6])
+    text = json.dumps({
+        "cpu": cpu_model(), "torch": torch.__version__,
+        "fields": ["threads", "m", "k", "n", "a_transposed", "b_transposed", "library"],
+        "library": {name: GEMM_LIBRARY_CODES[name] for name in GEMM_LIBRARIES[1:]},
+        "choices": [[*key, library] for key, library in sorted(merged.items())]}, indent=1)
+    with atomic_write(gemm_choices_path()) as file:
+        file.write((text + "\n").encode())
+
+
 class NativeStep:
     """One phase's native engine over the run's tensors; made when the phase starts (and again
     after a checkpoint is loaded: the optimizer state is then new tensors)."""
@@ -89,6 +148,9 @@ class NativeStep:
         cpp.require()
         self.phase, self.config = phase, config
         self.engine = torch.classes.fastgan_native.Engine()
+        self.gemm_library = gemm_library()
+        self._gemm_choices = _load_gemm_choices() if self.gemm_library == "auto" else []
+        self.engine.set_gemms(GEMM_LIBRARY_CODES[self.gemm_library], self._gemm_choices)
         if phase == "ae":
             ae = models["autoencoder"]
             self.encoder = self._add_mlp(ae.encoder, trainable=True)
@@ -111,7 +173,9 @@ class NativeStep:
         self.engine.set_ema(self.adam_g, ema, ema_steps, config.ema_decay)
 
     def ae_step(self, x: Tensor) -> dict[str, Tensor]:
-        return {"ae": self.engine.ae_step(self.encoder, self.decoder, self.adam, x)}
+        losses = {"ae": self.engine.ae_step(self.encoder, self.decoder, self.adam, x)}
+        self._keep_gemm_choices()
+        return losses
 
     def gan_step(self, real: Tensor, real_labels: Tensor | None, noise_d: Tensor,
                  labels_d: Tensor | None, noise_g: Tensor, labels_g: Tensor | None
@@ -120,7 +184,17 @@ class NativeStep:
             self.generator, self.decoder, self.discriminator, self.adam_d, self.adam_g,
             real, real_labels, noise_d, labels_d, noise_g, labels_g,
             1.0 - self.config.label_smoothing)
+        self._keep_gemm_choices()
         return {"d": d, "g": g}
+
+    def _keep_gemm_choices(self) -> None:
+        """Saves the GEMM choices when the step timed new shapes."""
+        if self.gemm_library != "auto":
+            return
+        choices = self.engine.gemm_choices()
+        if len(choices) != len(self._gemm_choices):
+            self._gemm_choices = choices
+            _save_gemm_choices(choices)
 
     def _add_mlp(self, net: nn.Sequential, trainable: bool, first_activation: str | None = None,
                  label_term: tuple[Tensor, ...] = (), pack: int = 1) -> int:

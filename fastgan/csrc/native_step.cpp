@@ -3,14 +3,17 @@
 // fastgan's models: MLPs of fused linear layers whose first layer may add a label embedding's
 // term (models.py's _Conditioned, PacGAN packing included).
 //
-// No autograd and no Python inside: each layer's forward is one GEMM (bias included) into a buffer
-// and one vectorized activation pass; its backward is one pass for act' (with the bias gradient's
-// column sums) and the GEMMs for the weight and input gradients. Buffers are made on the first
-// step at a batch size and reused after. Adam and the EMA are one pass over all parameters.
-// fp32 only. The arithmetic follows the eager path's: torch's fused CPU Adam and lerp formulas.
+// No autograd and no Python inside: each layer's forward is one GEMM into a buffer and one
+// vectorized pass for the bias (and a conditioned layer's label term) and the activation; its
+// backward is one pass for act' (with the bias gradient's column sums) and the GEMMs for the
+// weight and input gradients. Each GEMM runs in ATen's at::mm or ATen's oneDNN matmul, whichever
+// was faster for its shape when first timed (Gemms). Buffers are made on the first step at a
+// batch size and reused after. Adam and the EMA are one pass over all parameters. fp32 only.
+// The arithmetic follows the eager path's: torch's fused CPU Adam and lerp formulas.
 //
 // Under torch.profiler each piece shows up as a fastgan_native::* scope (dense_fwd, dense_bwd,
-// mse_loss, gan_loss, adam), the ATen GEMMs inside it: fastgan/perf/trace.py reads them.
+// mse_loss, gan_loss, adam), the GEMMs inside it (aten::mm, fastgan_native::onednn_gemm):
+// fastgan/perf/trace.py reads them.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -18,8 +21,11 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -82,23 +88,6 @@ inline float activation_grad(float out, float slope) {
   }
 }
 
-// z = act(z) in place.
-void activate_inplace(at::Tensor& z, int64_t act, float negative_slope) {
-  if (act == kNone) {
-    return;
-  }
-  float* zp = z.data_ptr<float>();
-  dispatch_activation(act, [&](auto tag) {
-    constexpr int64_t A = decltype(tag)::value;
-    at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
-#pragma omp simd
-      for (int64_t i = begin; i < end; ++i) {
-        zp[i] = activate<A>(zp[i], negative_slope);
-      }
-    });
-  });
-}
-
 // The rows' labels for a conditioned first layer: packed row r, slot j has class
 // labels[r * pack + j]; its label term is row labels[r * pack + j] of table j.
 struct LabelRows {
@@ -106,20 +95,27 @@ struct LabelRows {
   int64_t pack = 1, classes = 0;
 };
 
-// z = act(z + sum_j table[j][label of slot j]) row by row: the first layer's label term
-// e W_e^T, read from per-class tables instead of computed by a GEMM whose inner dimension is
-// the embedding's width (10), which runs at a tenth of the matmul peak.
-void add_label_rows_activate(at::Tensor& z, const at::Tensor& table, const LabelRows& label_rows,
-                             int64_t act, float negative_slope) {
+// z = act(z + bias [+ the label term]) row by row, in place. The label term of a conditioned
+// first layer, e W_e^T, is read from per-class tables (table[j][label of slot j]) instead of
+// computed by a GEMM whose inner dimension is the embedding's width (10), which runs at a
+// tenth of the matmul peak. The bias is added here, not by the GEMM: ATen's addmm would copy
+// it into the output first, a pass of its own; the sum rounds the same either way.
+void add_bias_activate(at::Tensor& z, const at::Tensor& bias, int64_t act, float negative_slope,
+                       const LabelRows& label_rows = {}, const at::Tensor& table = {}) {
   const int64_t rows = z.size(0), cols = z.size(1);
   float* zp = z.data_ptr<float>();
-  const float* tp = table.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  const float* tp = label_rows.labels ? table.data_ptr<float>() : nullptr;
   dispatch_activation(act, [&](auto tag) {
     constexpr int64_t A = decltype(tag)::value;
     at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / cols), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         float* zr = zp + r * cols;
-        for (int64_t j = 0; j < label_rows.pack; ++j) {
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+          zr[c] += bp[c];
+        }
+        for (int64_t j = 0; tp && j < label_rows.pack; ++j) {
           const int64_t label = label_rows.labels[r * label_rows.pack + j];
           const float* t = tp + (j * label_rows.classes + label) * cols;
 #pragma omp simd
@@ -127,9 +123,11 @@ void add_label_rows_activate(at::Tensor& z, const at::Tensor& table, const Label
             zr[c] += t[c];
           }
         }
+        if constexpr (A != kNone) {
 #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-          zr[c] = activate<A>(zr[c], negative_slope);
+          for (int64_t c = 0; c < cols; ++c) {
+            zr[c] = activate<A>(zr[c], negative_slope);
+          }
         }
       }
     });
@@ -274,6 +272,95 @@ double mean_bce(const float* x, int64_t n, double target, float* grad) {
   return sum / static_cast<double>(n);
 }
 
+// Which library runs a GEMM: ATen's at::mm_out (MKL in torch's x86 builds) or ATen's oneDNN
+// matmul (at::native::mkldnn_matmul, what ATen itself runs bf16 GEMMs with). Neither wins on
+// every CPU and shape, so by default each shape is timed with both at its first use and the
+// faster kept (GEMM_LIBRARIES in fastgan/backends/codes.py; fastgan/native.py caches the
+// choices per CPU model, torch version and thread count).
+enum GemmLibrary : int64_t { kGemmAuto = 0, kGemmAten = 1, kGemmOneDnn = 2 };
+
+// Under kGemmAuto, GEMMs with fewer multiply-adds go to ATen: timing them costs more than
+// either library saves.
+constexpr int64_t kTimedGemmMacs = int64_t{1} << 20;
+// oneDNN is kept only when it beats ATen by this factor: closer times are noise.
+constexpr double kGemmMargin = 0.97;
+
+// mkldnn_matmul is exported by libtorch_cpu but in no installed header: found at run time, so a
+// torch without it (or whose CPU check refuses fp32, as on AVX2-only x86) runs ATen's GEMMs.
+using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float,
+                              float);
+MkldnnMatmul find_mkldnn_matmul() {
+  static const MkldnnMatmul found = [] {
+    auto fn = reinterpret_cast<MkldnnMatmul>(
+        dlsym(RTLD_DEFAULT, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+    if (fn == nullptr) {
+      return fn;
+    }
+    try {
+      at::Tensor a = at::ones({17, 16}), b = at::ones({16, 18}), out = at::empty({17, 18});
+      fn(a, b, out, 0.f, 1.f);
+      return out.equal(at::full({17, 18}, 16.f)) ? fn : nullptr;
+    } catch (const c10::Error&) {
+      return static_cast<MkldnnMatmul>(nullptr);
+    }
+  }();
+  return found;
+}
+
+class Gemms {
+ public:
+  int64_t policy = kGemmAuto;
+  // (threads, m, k, n, a transposed, b transposed) -> kGemmAten or kGemmOneDnn
+  std::map<std::array<int64_t, 6>, int64_t> choices;
+
+  // out = a b, out contiguous, a and b contiguous or transposed views.
+  void mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+    if (library(out, a, b) == kGemmOneDnn) {
+      RECORD_FUNCTION("fastgan_native::onednn_gemm", std::vector<c10::IValue>({a, b}));
+      find_mkldnn_matmul()(a, b, out, 0.f, 1.f);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
+
+ private:
+  int64_t library(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+    const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+    if (policy == kGemmAten || find_mkldnn_matmul() == nullptr) {
+      return kGemmAten;
+    }
+    if (policy == kGemmOneDnn) {
+      return kGemmOneDnn;
+    }
+    if (m * k * n < kTimedGemmMacs) {
+      return kGemmAten;
+    }
+    const std::array<int64_t, 6> key{at::get_num_threads(), m, k, n, !a.is_contiguous(),
+                                     !b.is_contiguous()};
+    auto found = choices.find(key);
+    if (found == choices.end()) {
+      const double aten = best_seconds([&] { at::mm_out(out, a, b); });
+      const double onednn = best_seconds([&] { find_mkldnn_matmul()(a, b, out, 0.f, 1.f); });
+      found = choices.emplace(key, onednn < kGemmMargin * aten ? kGemmOneDnn : kGemmAten).first;
+    }
+    return found->second;
+  }
+
+  // The fastest of 3 timed runs, after one to warm up.
+  template <typename F>
+  static double best_seconds(const F& run) {
+    run();
+    double best = INFINITY;
+    for (int i = 0; i < 3; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                          start).count());
+    }
+    return best;
+  }
+};
+
 struct Layer {
   at::Tensor weight, bias, weight_grad, bias_grad;  // grads undefined for a frozen MLP
   int64_t activation;
@@ -299,6 +386,7 @@ struct Mlp {
   at::Tensor table, table_rows, table_grad;
   int64_t pack = 1;
   bool trainable = false;
+  Gemms* gemms = nullptr;              // the engine's, shared by its MLPs
   std::map<int64_t, Buffers> buffers;  // by the input's row count
 
   bool conditioned() const { return embed.defined(); }
@@ -363,16 +451,14 @@ struct Mlp {
       RECORD_FUNCTION("fastgan_native::dense_fwd", std::vector<c10::IValue>());
       const Layer& layer = layers[i];
       at::Tensor& out = b.outs[i];
-      // the bias inside the GEMM, as F.linear and fastgan's fused_dense add it: an exactly
-      // zero pre-activation then stays zero, and act' at it (leaky_relu's) stays the eager one
-      at::addmm_out(out, layer.bias, h, layer.weight.t());
+      gemms->mm(out, h, layer.weight.t());
       if (i == 0 && conditioned()) {
         const LabelRows label_rows_of_x = label_rows(labels, rows);
         fill_table();
-        add_label_rows_activate(out, table, label_rows_of_x, layer.activation,
-                                layer.negative_slope);
+        add_bias_activate(out, layer.bias, layer.activation, layer.negative_slope,
+                          label_rows_of_x, table);
       } else {
-        activate_inplace(out, layer.activation, layer.negative_slope);
+        add_bias_activate(out, layer.bias, layer.activation, layer.negative_slope);
       }
       h = out;
     }
@@ -402,16 +488,16 @@ struct Mlp {
       }
       const at::Tensor& h = i == 0 ? b.input : b.outs[i - 1];
       if (param_grads) {
-        at::mm_out(layer.weight_grad, dz.t(), h);
+        gemms->mm(layer.weight_grad, dz.t(), h);
       }
       if (label_grads) {
         label_term_backward();
       }
       if (i > 0) {
-        at::mm_out(b.grads[i - 1], dz, layer.weight);
+        gemms->mm(b.grads[i - 1], dz, layer.weight);
       } else if (input_grad.defined()) {
         at::Tensor packed = input_grad.view({rows / pack, -1});
-        at::mm_out(packed, dz, layer.weight);
+        gemms->mm(packed, dz, layer.weight);
       }
     }
   }
@@ -551,6 +637,7 @@ class NativeEngine : public torch::CustomClassHolder {
       }
     }
     mlp.pack = pack;
+    mlp.gemms = &gemms_;
     mlps_.push_back(std::move(mlp));
     return static_cast<int64_t>(mlps_.size()) - 1;
   }
@@ -591,6 +678,30 @@ class NativeEngine : public torch::CustomClassHolder {
     latent_mean_ = mean;
     latent_std_ = std;
   }
+
+  // How GEMMs pick their library (a GemmLibrary), and the choices timed so far: flat, 7 numbers
+  // per shape (threads, m, k, n, a transposed, b transposed, library), as gemm_choices gives.
+  void set_gemms(int64_t policy, std::vector<int64_t> choices) {
+    TORCH_CHECK(policy >= kGemmAuto && policy <= kGemmOneDnn,
+                "fastgan_native: unknown GEMM policy ", policy);
+    TORCH_CHECK(choices.size() % 7 == 0, "fastgan_native: GEMM choices come 7 numbers each");
+    gemms_.policy = policy;
+    for (size_t i = 0; i < choices.size(); i += 7) {
+      gemms_.choices[{choices[i], choices[i + 1], choices[i + 2], choices[i + 3],
+                      choices[i + 4], choices[i + 5]}] = choices[i + 6];
+    }
+  }
+
+  std::vector<int64_t> gemm_choices() const {
+    std::vector<int64_t> flat;
+    for (const auto& [key, library] : gemms_.choices) {
+      flat.insert(flat.end(), key.begin(), key.end());
+      flat.push_back(library);
+    }
+    return flat;
+  }
+
+  static bool onednn_available() { return find_mkldnn_matmul() != nullptr; }
 
   at::Tensor ae_step(int64_t encoder, int64_t decoder, int64_t adam, at::Tensor x) {
     check_fp32_contiguous("x", x);
@@ -680,6 +791,7 @@ class NativeEngine : public torch::CustomClassHolder {
     mlps_.at(decoder).forward(decoder_input_, std::nullopt, out);
   }
 
+  Gemms gemms_;
   std::vector<Mlp> mlps_;
   std::vector<Adam> adams_;
   at::Tensor latent_mean_, latent_std_;
@@ -693,6 +805,9 @@ TORCH_LIBRARY(fastgan_native, m) {
       .def("add_adam", &NativeEngine::add_adam)
       .def("set_ema", &NativeEngine::set_ema)
       .def("set_latent", &NativeEngine::set_latent)
+      .def("set_gemms", &NativeEngine::set_gemms)
+      .def("gemm_choices", &NativeEngine::gemm_choices)
+      .def_static("onednn_available", &NativeEngine::onednn_available)
       .def("ae_step", &NativeEngine::ae_step)
       .def("gan_step", &NativeEngine::gan_step);
 }
