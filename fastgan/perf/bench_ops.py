@@ -4,7 +4,8 @@ torch.compile of that same code ("compile"), at the default models' layer shapes
 One timed call is a forward and the gradients of every input that requires grad (a fixed
 random gradient flows into non-scalar outputs), so the three variants do the same work.
 Before timing, compile's and fastgan's outputs and gradients are checked against eager's:
-a broken op gets an error in its cell, not a number.
+a broken op gets an error in its cell, not a number. The variants of a row are then timed
+in alternating rounds (timing.time_interleaved), each getting the median of its rounds.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ from torch import Tensor
 import fastgan.ops
 from fastgan.devices import use_fp32_policy
 from fastgan.perf.results import new_report, report_path, write_report
-from fastgan.perf.timing import time_fn
+from fastgan.perf.timing import time_interleaved
 
 # (in_features, out_features, activation) of the default models' layers. The generator
 # takes 64 noise + 10 label-embedding features, the discriminator 784 pixels + 10.
@@ -173,6 +174,7 @@ def _measure(case: Case, device: torch.device, dtype: torch.dtype, repeat_ms: fl
     row = {"op": case.op, "shape": case.shape, "batch": case.batch}
     errors = {}
     reference = None
+    checked = {}
     for variant, fn in variants.items():
         try:
             result = _forward_backward(fn, case)  # the "compile" variant compiles here
@@ -180,11 +182,13 @@ def _measure(case: Case, device: torch.device, dtype: torch.dtype, repeat_ms: fl
                 reference = result
             else:
                 _check_close(result, reference, dtype)
-            row[f"{variant}_ms"] = time_fn(functools.partial(_forward_backward, fn, case),
-                                           device, repeat_ms)
+            checked[variant] = functools.partial(_forward_backward, fn, case)
         except Exception as error:  # record it and go on: one broken case spoils no others
-            row[f"{variant}_ms"] = None
             errors[variant] = f"{type(error).__name__}: {error}"
+    # timed in alternating rounds: a busy spell on the machine falls on every variant alike
+    times = time_interleaved(checked, device, repeat_ms) if checked else {}
+    for variant in variants:
+        row[f"{variant}_ms"] = times.get(variant)
     row["fastgan_vs_eager"] = _ratio(row["eager_ms"], row["fastgan_ms"])
     row["fastgan_vs_compile"] = _ratio(row["compile_ms"], row["fastgan_ms"])
     row["errors"] = errors
