@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import fastgan
-from fastgan import api, checkpoint, config, curves, faults, pictures, report
-from fastgan.backends.select import backend_for
+from fastgan import api, checkpoint, config, curves, faults, native, pictures, report
+from fastgan.backends.select import backend_for, requested_backend
 from fastgan.data import DataError
 from fastgan.devices import SetupError, check_precision, fit_threads_to_load, resolve_device
 from fastgan.distributed import LaunchError
@@ -517,6 +517,16 @@ def add_bench(commands) -> None:
     quality.set_defaults(run=run_bench_quality)
 
 
+def check_environment() -> None:
+    """The variables that choose kernels (FASTGAN_BACKEND, FASTGAN_NATIVE_GEMM), checked before
+    any work: a value they cannot take is bad input."""
+    try:
+        requested_backend()
+        native.gemm_library()
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="fastgan", description="Fused ops and a fast trainer for "
                                                 "autoencoders and conditional GANs.")
@@ -534,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.command_line = shlex.join(["fastgan", *argv])
+        check_environment()
         return args.run(args)
     except (UsageError, *INPUT_ERRORS) as error:
         say(f"fastgan: error: {' '.join(str(error).split())}")

@@ -63,3 +63,14 @@ def test_bad_input_is_one_line_and_status_2(args, message):
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith(message)
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("variable, value", [("FASTGAN_BACKEND", "cuda"),
+                                             ("FASTGAN_NATIVE_GEMM", "mkl")])
+def test_a_bad_kernel_variable_is_one_line_and_status_2(variable, value, monkeypatch, tmp_path):
+    monkeypatch.setenv(variable, value)
+    result = fastgan("train", "--steps", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"fastgan: error: {variable}: expected one of")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
