@@ -29,6 +29,13 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
+# Environment variables that change what a benchmark measures: fastgan's kernel choices, the
+# thread count, and the instruction sets MKL, oneDNN and ATen may use.
+RECORDED_ENVIRONMENT = ("FASTGAN_BACKEND", "FASTGAN_NATIVE_GEMM", "OMP_NUM_THREADS",
+                        "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                        "TRITON_INTERPRET")
+
+
 def new_report(kind: str, device: torch.device, dtype: torch.dtype, command: str) -> dict:
     """The report's header; the benchmark adds its settings and "rows"."""
     try:
@@ -54,6 +61,8 @@ def new_report(kind: str, device: torch.device, dtype: torch.dtype, command: str
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "command": command,
+        "environment": {name: os.environ[name] for name in RECORDED_ENVIRONMENT
+                        if name in os.environ},
         "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
