@@ -149,8 +149,9 @@ class NativeStep:
         self.phase, self.config = phase, config
         self.engine = torch.classes.fastgan_native.Engine()
         self.gemm_library = gemm_library()
-        self._gemm_choices = _load_gemm_choices() if self.gemm_library == "auto" else []
-        self.engine.set_gemms(GEMM_LIBRARY_CODES[self.gemm_library], self._gemm_choices)
+        self.engine.set_gemms(GEMM_LIBRARY_CODES[self.gemm_library],
+                              _load_gemm_choices() if self.gemm_library == "auto" else [])
+        self._saved_choices = self.engine.gemm_choice_count()
         if phase == "ae":
             ae = models["autoencoder"]
             self.encoder = self._add_mlp(ae.encoder, trainable=True)
@@ -189,12 +190,10 @@ class NativeStep:
 
     def _keep_gemm_choices(self) -> None:
         """Saves the GEMM choices when the step timed new shapes."""
-        if self.gemm_library != "auto":
-            return
-        choices = self.engine.gemm_choices()
-        if len(choices) != len(self._gemm_choices):
-            self._gemm_choices = choices
-            _save_gemm_choices(choices)
+        count = self.engine.gemm_choice_count()
+        if count != self._saved_choices:
+            self._saved_choices = count
+            _save_gemm_choices(self.engine.gemm_choices())
 
     def _add_mlp(self, net: nn.Sequential, trainable: bool, first_activation: str | None = None,
                  label_term: tuple[Tensor, ...] = (), pack: int = 1) -> int:

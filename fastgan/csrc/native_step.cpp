@@ -701,6 +701,9 @@ class NativeEngine : public torch::CustomClassHolder {
     return flat;
   }
 
+  // How many shapes have a choice: the caller fetches gemm_choices only when this grows.
+  int64_t gemm_choice_count() const { return static_cast<int64_t>(gemms_.choices.size()); }
+
   static bool onednn_available() { return find_mkldnn_matmul() != nullptr; }
 
   at::Tensor ae_step(int64_t encoder, int64_t decoder, int64_t adam, at::Tensor x) {
@@ -807,6 +810,7 @@ TORCH_LIBRARY(fastgan_native, m) {
       .def("set_latent", &NativeEngine::set_latent)
       .def("set_gemms", &NativeEngine::set_gemms)
       .def("gemm_choices", &NativeEngine::gemm_choices)
+      .def("gemm_choice_count", &NativeEngine::gemm_choice_count)
       .def_static("onednn_available", &NativeEngine::onednn_available)
       .def("ae_step", &NativeEngine::ae_step)
       .def("gan_step", &NativeEngine::gan_step);
