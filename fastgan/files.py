@@ -10,8 +10,9 @@ from typing import BinaryIO
 
 
 def cache_dir() -> Path:
-    """$FASTGAN_CACHE_DIR, default ~/.cache/fastgan: measured peaks, trained classifiers and
-    (unless $FASTGAN_BUILD_DIR says otherwise) the C++ build."""
+    """$FASTGAN_CACHE_DIR, default ~/.cache/fastgan: measured peaks, trained classifiers, the
+    native engine's GEMM choices and (unless $FASTGAN_BUILD_DIR says otherwise) the C++
+    build."""
     return Path(os.environ.get("FASTGAN_CACHE_DIR") or Path.home() / ".cache" / "fastgan")
 
 
