@@ -15,9 +15,10 @@ cannot, and the run then uses the torch engine.
 
 Its GEMMs run in ATen's at::mm (MKL) or ATen's oneDNN matmul, whichever is faster for the
 shape on this CPU: each shape is timed with both at its first use, and the choices are cached
-in fastgan.files.cache_dir() / "gemms", one file per CPU model, thread count and torch
-version, so later runs make the same choices (and a resumed run the same arithmetic).
-FASTGAN_NATIVE_GEMM = aten | onednn fixes the library instead; deleting the file times again.
+in fastgan.files.cache_dir() / "gemms", one file per CPU model, thread count, torch version
+and instruction set caps, so later runs make the same choices (and a resumed run the same
+arithmetic). FASTGAN_NATIVE_GEMM = aten | onednn fixes the library instead; deleting the file
+times again.
 """
 
 import json
@@ -108,9 +109,15 @@ def onednn_available() -> bool:
     return torch.classes.fastgan_native.Engine.onednn_available()
 
 
+# Caps on the instruction sets MKL and oneDNN use: they change which library is faster.
+GEMM_ISA_VARIABLES = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
 def gemm_choices_path():
-    """Where the timed GEMM choices for this CPU, thread count and torch version live."""
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    """Where the timed GEMM choices for this CPU, thread count, torch version and instruction
+    set caps live."""
+    caps = [os.environ[name] for name in GEMM_ISA_VARIABLES if os.environ.get(name)]
+    slug = re.sub(r"[^a-z0-9]+", "-", " ".join([cpu_model(), *caps]).lower()).strip("-")
     return cache_dir() / "gemms" / \
         f"cpu-{slug}-{torch.get_num_threads()}threads-torch{torch.__version__}.json"
 

@@ -102,6 +102,12 @@ def test_gemm_choices_are_timed_once_and_cached_per_cpu(mnist, monkeypatch):
     assert from_file == losses_over(training(mnist, **settings), 3)
 
 
+def test_gemm_choices_made_under_instruction_set_caps_are_kept_apart(monkeypatch):
+    uncapped = gemm_choices_path()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert gemm_choices_path() != uncapped and "avx2" in gemm_choices_path().name
+
+
 def test_an_unknown_gemm_library_is_refused_before_training(mnist, monkeypatch):
     monkeypatch.setenv("FASTGAN_NATIVE_GEMM", "mkl")
     with pytest.raises(ValueError, match="FASTGAN_NATIVE_GEMM: expected one of auto, aten"):
