@@ -5,6 +5,7 @@ the profiler and the benchmarks."""
 import functools
 import os
 import platform
+import re
 import sys
 import time
 
@@ -51,6 +52,13 @@ def _cpuinfo() -> dict[str, str]:
 
 def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or "unknown CPU"
+
+
+def device_slug(name: str) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 cores' -> 'intel-xeon-processor-2cores'."""
+    name = re.sub(r"\((r|tm)\)", "", name.lower())
+    name = re.sub(r"(\d+) cores", r"\1cores", name)
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
 def cpu_extensions() -> dict[str, bool]:

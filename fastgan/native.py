@@ -23,7 +23,6 @@ times again.
 
 import json
 import os
-import re
 import sys
 
 import torch
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from fastgan.backends import cpp
 from fastgan.backends.codes import ACTIVATION_CODES, GEMM_LIBRARIES, GEMM_LIBRARY_CODES
 from fastgan.config import TrainConfig
-from fastgan.devices import cpu_model
+from fastgan.devices import cpu_model, device_slug
 from fastgan.files import atomic_write, cache_dir
 from fastgan.models import Discriminator, Generator
 
@@ -117,7 +116,7 @@ def gemm_choices_path():
     """Where the timed GEMM choices for this CPU, thread count, torch version and instruction
     set caps live."""
     caps = [os.environ[name] for name in GEMM_ISA_VARIABLES if os.environ.get(name)]
-    slug = re.sub(r"[^a-z0-9]+", "-", " ".join([cpu_model(), *caps]).lower()).strip("-")
+    slug = device_slug(" ".join([cpu_model(), *caps]))
     return cache_dir() / "gemms" / \
         f"cpu-{slug}-{torch.get_num_threads()}threads-torch{torch.__version__}.json"
 

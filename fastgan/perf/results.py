@@ -4,7 +4,6 @@ the command, and where the file goes: <out>/<kind>-<device-slug>-<YYYY-MM-DD>.js
 import json
 import os
 import platform
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 import fastgan
 from fastgan.backends.select import backend_for
-from fastgan.devices import cpu_extensions, cpu_model
+from fastgan.devices import cpu_extensions, cpu_model, device_slug
 
 
 def device_name(device: torch.device) -> str:
@@ -20,13 +19,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()}, {os.cpu_count()} cores"
-
-
-def device_slug(name: str) -> str:
-    """'Intel(R) Xeon(R) Processor, 2 cores' -> 'intel-xeon-processor-2cores'."""
-    name = re.sub(r"\((r|tm)\)", "", name.lower())
-    name = re.sub(r"(\d+) cores", r"\1cores", name)
-    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
 # Environment variables that change what a benchmark measures: fastgan's kernel choices, the
